@@ -1,0 +1,52 @@
+"""Decide KVM or TCG by running a real 512-byte guest, because /dev/kvm existing proves nothing.
+
+The guest writes to qemu's isa-debug-exit port; qemu then exits with code 3. Any other result
+(an abort such as "failed to set MSR", a hang, a missing binary) means the accelerator is unusable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+BOOT_SECTOR = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])  # mov al,1; out 0xf4,al; hlt; jmp $
+EXPECTED_EXIT = 3  # (1 << 1) | 1
+
+
+def probe(accel: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """(usable, detail) for one qemu accelerator ("kvm" or "tcg")."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        return False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+    with tempfile.TemporaryDirectory(prefix="lab-accel-") as tmp:
+        image = Path(tmp) / "probe.img"
+        image.write_bytes(BOOT_SECTOR + bytes(510 - len(BOOT_SECTOR)) + b"\x55\xaa")
+        cmd = [qemu, "-accel", accel, "-cpu", "max", "-m", "16", "-nodefaults", "-display", "none",
+               "-no-reboot", "-serial", "none", "-monitor", "none",
+               "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+               "-drive", f"file={image},format=raw,if=floppy"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"a 512-byte test guest did not finish within {timeout:.0f}s under {accel}"
+    if proc.returncode == EXPECTED_EXIT:
+        return True, f"{accel} runs a test guest"
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return False, f"{accel} cannot run a test guest (exit {proc.returncode}: {last})"
+
+
+@cache
+def kvm_usable() -> bool:
+    return probe("kvm")[0]
+
+
+def libvirt_driver() -> str:
+    """vagrant-libvirt's driver: "kvm" only when a real guest ran under KVM, else "qemu" (TCG)."""
+    return "kvm" if kvm_usable() else "qemu"
+
+
+def packer_accelerator() -> str:
+    return "kvm" if kvm_usable() else "tcg"
