@@ -127,6 +127,12 @@ def _render(template: str, ctx: dict[str, object]) -> str:
         raise LabError(f"template {template}: {exc.message}", hint="a template uses a value the lab does not set") from None
 
 
+def render_all_guest(settings: Settings, facts: LabFacts) -> dict[str, str]:
+    """The helper scripts verify runs as root in the guest (reset, observe)."""
+    ctx = context(settings, facts)
+    return {template: _render(f"{template}.j2", ctx) for template in GUEST_SCRIPTS}
+
+
 def render_all(settings: Settings, facts: LabFacts) -> dict[str, str]:
     """Every rendered file of the lab, by path relative to the lab directory (pure)."""
     target: Target = settings.target_data
@@ -137,8 +143,7 @@ def render_all(settings: Settings, facts: LabFacts) -> dict[str, str]:
         for template in stage.scripts:
             index += 1
             files[script_name(template, index, stage.stage)] = _render(f"{template}.j2", ctx)
-    for template in GUEST_SCRIPTS:
-        files[template] = _render(f"{template}.j2", ctx)
+    files.update(render_all_guest(settings, facts))
     for fix in (target.baseline, *target.fixes):
         for phase in _fix_phases(fix):
             files[fix_script_name(fix, phase)] = render_fix(settings, fix, phase, facts)

@@ -1,0 +1,112 @@
+"""lab.doctor: can this host bring the chosen target up? Each check with a fix hint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from lab import accel, libvirt_host
+from lab.console import console
+from lab.settings import Settings
+
+TRUSTY_ISO_URL = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    required: bool = True
+
+
+def url_answers(url: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """A HEAD request: does this URL answer at all?"""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return True, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def _tool(name: str, hint: str, required: bool = True, version_args: tuple[str, ...] = ("--version",)) -> Check:
+    path = shutil.which(name)
+    if not path:
+        return Check(name, False, "not found", hint, required)
+    try:
+        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)
+        first = (out.stdout or out.stderr).strip().splitlines()
+        detail = first[0] if first else path
+    except subprocess.TimeoutExpired:
+        detail = f"{path} (no version answer)"
+    return Check(name, True, detail, hint, required)
+
+
+def checks(settings: Settings, provider: str) -> list[Check]:
+    target = settings.target_data
+    found = [_tool("vagrant", "apt-get install vagrant")]
+    if provider == "libvirt":
+        plugins = ""
+        if shutil.which("vagrant"):
+            plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=120,
+                                     check=False).stdout
+        found.append(Check("vagrant-libvirt", "vagrant-libvirt" in plugins, plugins.strip() or "not installed",
+                           "apt-get install vagrant-libvirt"))
+        found.append(_tool("virsh", "apt-get install libvirt-clients libvirt-daemon-system", version_args=("-v",)))
+        up = libvirt_host.reachable()
+        found.append(Check("libvirtd", up or shutil.which("libvirtd") is not None,
+                           "answers" if up else "installed, not running (lab.up starts it)" if shutil.which("libvirtd")
+                           else "not installed", "apt-get install libvirt-daemon-system"))
+    else:
+        found.append(_tool("VBoxManage", "install VirtualBox (virtualbox.org)"))
+    needs_build = not settings.box
+    if needs_build:
+        found.append(_tool("packer", "apt-get install packer", version_args=("version",)))
+        if target.box_builder == "mmdebstrap":
+            found.append(_tool("mmdebstrap", "apt-get install mmdebstrap"))
+            found.append(_tool("sfdisk", "apt-get install fdisk"))
+            found.append(_tool("mkfs.ext4", "apt-get install e2fsprogs", version_args=("-V",)))
+            found.append(_tool("qemu-img", "apt-get install qemu-utils"))
+    if provider == "libvirt" or needs_build:
+        found.append(_tool("qemu-system-x86_64", "apt-get install qemu-system-x86"))
+        kvm_ok, kvm_detail = accel.probe("kvm")
+        found.append(Check("kvm", kvm_ok, kvm_detail + ("" if kvm_ok else "; TCG will be used (slower)"),
+                           "check /dev/kvm and the CPU's virtualisation flags", required=False))
+        tcg_ok, tcg_detail = accel.probe("tcg")
+        found.append(Check("accelerator", kvm_ok or tcg_ok, "kvm" if kvm_ok else tcg_detail,
+                           "apt-get install qemu-system-x86"))
+    found.append(_tool("shellcheck", "apt-get install shellcheck (tests only)", required=False))
+    if target.family == "trusty" and needs_build:
+        for label, url in (("ubuntu archive", f"{settings.ubuntu_mirror}/dists/trusty/Release"),
+                           ("old-releases", f"{settings.ubuntu_old_mirror}/dists/trusty/Release"),
+                           ("lxc-stable PPA", f"{settings.ppa_url}/dists/trusty/Release"),
+                           ("trusty ISO", TRUSTY_ISO_URL)):
+            ok, detail = url_answers(url)
+            found.append(Check(label, ok, f"{url}: {detail}", "set box = '/path/to/trusty.box' in lab.toml "
+                               "to use a local box, or use target bookworm",
+                               required=label == "trusty ISO"))
+    return found
+
+
+def report(settings: Settings) -> bool:
+    """Print every check; True when the chosen target can be brought up here."""
+    from lab.lifecycle import resolve_provider
+
+    provider = resolve_provider(settings)
+    console.print(f"[bold]lab.doctor[/] target {settings.target}, provider {provider}")
+    results = checks(settings, provider)
+    for c in results:
+        mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if c.required else "[yellow]![/]")
+        hint = f"  [dim]→ {c.hint}[/]" if not c.ok and c.hint else ""
+        console.print(f" {mark} {c.name:<20} {c.detail}{hint}")
+    ok = all(c.ok for c in results if c.required)
+    console.print("[green]ready to bring the lab up[/]" if ok else f"[red]target {settings.target} cannot be "
+                  "brought up on this host yet[/]")
+    return ok

@@ -1,0 +1,138 @@
+"""The libvirt side of a lab: daemons on hosts without systemd, the storage pool, the lab's own
+network address, and cleaning up exactly the domain, volume and network named after the lab."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from lab import console
+from lab.errors import LabError, ToolMissing
+
+URI = "qemu:///system"
+POOL = "default"
+POOL_PATH = "/var/lib/libvirt/images"
+
+
+def virsh(*args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+    if not shutil.which("virsh"):
+        raise ToolMissing("virsh is not installed", hint="apt-get install libvirt-clients libvirt-daemon-system")
+    try:
+        result = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"virsh {' '.join(args)} did not answer within {timeout:.0f}s",
+                       hint="is libvirtd hung? see: invoke lab.doctor") from None
+    if check and result.returncode != 0:
+        raise LabError(f"virsh {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def reachable() -> bool:
+    return shutil.which("virsh") is not None and virsh("version", timeout=15).returncode == 0
+
+
+def systemd_is_init() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def ensure_daemons() -> None:
+    """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1."""
+    if reachable():
+        return
+    if systemd_is_init():
+        raise LabError("libvirtd does not answer", hint="run: systemctl start libvirtd virtlogd")
+    if os.geteuid() != 0:
+        raise LabError("libvirtd does not answer and starting it needs root",
+                       hint="as root: /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d")
+    for daemon in ("virtlogd", "libvirtd"):
+        path = Path("/usr/sbin") / daemon
+        if not path.exists():
+            raise ToolMissing(f"{daemon} is not installed", hint="apt-get install libvirt-daemon-system")
+        running = subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0
+        if not running:
+            console.info(f"starting {daemon} (no systemd on this host)")
+            subprocess.run([str(path), "-d"], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if reachable():
+            return
+        time.sleep(0.5)
+    raise LabError("started libvirtd, but it did not answer within 30s", hint="see /var/log/libvirt/libvirtd.log")
+
+
+def ensure_pool() -> None:
+    """vagrant-libvirt uploads boxes into the 'default' pool; a fresh libvirt has none."""
+    info = virsh("pool-info", POOL)
+    if info.returncode != 0:
+        Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
+        virsh("pool-define-as", POOL, "dir", "--target", POOL_PATH, check=True)
+        virsh("pool-autostart", POOL)
+        info = virsh("pool-info", POOL)
+    if not re.search(r"State:\s+running", info.stdout):
+        virsh("pool-start", POOL, check=True)
+
+
+def used_octets(exclude_network: str) -> set[int]:
+    """Third octets of 192.168.x.0/24 subnets in use by other libvirt networks or host interfaces."""
+    used: set[int] = set()
+    names = virsh("net-list", "--all", "--name").stdout.split()
+    for net in names:
+        if net == exclude_network:
+            continue
+        xml = virsh("net-dumpxml", net).stdout
+        used.update(int(m) for m in re.findall(r"address=['\"]192\.168\.(\d+)\.", xml))
+    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
+    used.update(int(m) for m in re.findall(r"inet 192\.168\.(\d+)\.", addrs))
+    return used
+
+
+def pick_octet(preferred: int, network: str, current: int | None = None) -> int:
+    """The lab's subnet: keep the one it had, else the preferred one, else the next free one."""
+    used = used_octets(network)
+    for candidate in ([current] if current else []) + [preferred] + list(range(100, 220)):
+        if candidate and candidate not in used:
+            return candidate
+    raise LabError("no free 192.168.100-219.0/24 subnet for the lab's network",
+                   hint="destroy labs you no longer need: invoke lab.destroy --name NAME")
+
+
+def domain_exists(domain: str) -> bool:
+    return virsh("dominfo", domain).returncode == 0
+
+
+def domain_state(domain: str) -> str:
+    result = virsh("domstate", domain)
+    return result.stdout.strip() if result.returncode == 0 else "not created"
+
+
+def cleanup(domain: str, network: str) -> list[str]:
+    """Remove the lab's domain (with its volumes) and its network; say what was removed."""
+    removed = []
+    if domain_exists(domain):
+        if domain_state(domain) != "shut off":
+            virsh("destroy", domain)
+        result = virsh("undefine", domain, "--remove-all-storage", "--nvram")
+        if result.returncode != 0:
+            virsh("undefine", domain, "--remove-all-storage", check=True)
+        removed.append(f"domain {domain}")
+    for vol in (f"{domain}.img",):
+        if virsh("vol-info", vol, "--pool", POOL).returncode == 0:
+            virsh("vol-delete", vol, "--pool", POOL, check=True)
+            removed.append(f"volume {vol}")
+    if virsh("net-info", network).returncode == 0:
+        virsh("net-destroy", network)
+        virsh("net-undefine", network, check=True)
+        removed.append(f"network {network}")
+    return removed
+
+
+def box_volumes(box_name: str) -> list[str]:
+    """Volumes vagrant-libvirt made from a box (named after the box, '/' spelled VAGRANTSLASH)."""
+    prefix = box_name.replace("/", "-VAGRANTSLASH-")
+    vols = virsh("vol-list", POOL).stdout.splitlines()
+    return [line.split()[0] for line in vols[2:] if line.strip() and line.split()[0].startswith(prefix)]

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Set up a fresh Debian 12 / Ubuntu host (as root) for the lab and its tests:
+# the system tools (apt) and the Python packages (pip). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+packages=(
+  vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+  packer mmdebstrap fdisk e2fsprogs dnsmasq-base iptables openssh-client openssh-server
+  shellcheck ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: run as root (apt-get needs it)" >&2; exit 2; fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "setup: done ($(vagrant --version), $(packer version | head -n 1), python $(python3 -V | cut -d' ' -f2))"
