@@ -71,6 +71,7 @@ class Target:
     kernel_cmdline: str
     packages: tuple[str, ...]
     idmap_key: str
+    log_keys: tuple[str, str]  # lxc >= 2.1: lxc.log.file/level; lxc 1.x-2.0: lxc.logfile/loglevel
     container_template: str
     memory_limit_key: str
     memory_limit_bytes: int
@@ -106,7 +107,7 @@ def _fix(raw: dict, default_id: str = "") -> Fix:
 
 def _target(raw: dict) -> Target:
     raw = dict(raw)
-    for key in ("providers", "packages", "container_config"):
+    for key in ("providers", "packages", "container_config", "log_keys"):
         raw[key] = tuple(raw[key])
     raw["provision"] = tuple(
         Stage(stage=s["stage"], scripts=tuple(s["scripts"]), reboot=s.get("reboot", False))
