@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lab import accel, build, console, libvirt_host, machine, paths, render
@@ -101,8 +102,8 @@ def require_provider(provider: str) -> None:
         raise ToolMissing("VirtualBox (VBoxManage) is not installed", hint="install VirtualBox 5.x or newer")
 
 
-def vagrant_for(lab: paths.LabDir, settings: Settings, timeout: float, waiting: str,
-                on_line=None) -> machine.LabVagrant:
+def vagrant_for(lab: paths.LabDir, timeout: float, waiting: str,
+                on_line: Callable[[str], None] | None = None) -> machine.LabVagrant:
     return machine.LabVagrant(lab.root, timeout=timeout, on_line=on_line, step=waiting)
 
 
@@ -111,7 +112,8 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
     target = settings.target_data
     provider = resolve_provider(settings)
     if provider not in target.providers:
-        raise LabError(f"target {target.name} has no {provider} box", hint=f"use provider: {', '.join(target.providers)}")
+        raise LabError(f"target {target.name} has no {provider} box",
+                       hint=f"use provider: {', '.join(target.providers)}")
     require_provider(provider)
     if not settings.box:
         build.build(settings, force=force_build, verbose=verbose)
@@ -120,33 +122,32 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
     _clear_orphans(settings, lab, provider)
     render_lab(settings, probe_network=True)
     facts = json.loads((lab.root / "facts.json").read_text())
-    if settings.box.endswith(".box") or not settings.box:
-        if facts["box_name"] not in machine.box_names():
-            with console.step(f"vagrant box add {facts['box_name']}", "the box to be unpacked", verbose) as out:
-                machine.box_add(facts["box_name"], Path(facts["box_url"]), timeout=900, on_line=out)
+    if (settings.box.endswith(".box") or not settings.box) and facts["box_name"] not in machine.box_names():
+        with console.step(f"vagrant box add {facts['box_name']}", "the box to be unpacked", verbose) as out:
+            machine.box_add(facts["box_name"], Path(facts["box_url"]), timeout=900, on_line=out)
     stages = target.provision
     ids = render.context(settings, render.LabFacts(**facts))["stages"]
     up_timeout = settings.boot_timeout + 1800
     for i, (stage, rendered) in enumerate(zip(stages, ids, strict=True)):
         names = [s["id"] for s in rendered["scripts"]]
         if i == 0:
-            title = f"vagrant up {domain_name(settings)} ({provider}, {facts['libvirt_driver']}), provision {stage.stage}"
+            title = (f"vagrant up {domain_name(settings)} ({provider}, {facts['libvirt_driver']}), "
+                     f"provision {stage.stage}")
             waiting = ("the box upload into libvirt's pool (first time only, ~2 min), the boot (~1 min on TCG), "
                        "SSH and provisioning")
             with console.step(title, waiting, verbose) as out:
-                vagrant_for(lab, settings, up_timeout, waiting, out).up(provider=provider, provision_with=names)
+                vagrant_for(lab, up_timeout, waiting, out).up(provider=provider, provision_with=names)
         else:
             waiting = "the reboot into the new kernel, SSH and provisioning"
             with console.step(f"vagrant reload, provision {stage.stage}", waiting, verbose) as out:
-                vagrant_for(lab, settings, up_timeout, waiting, out).reload(provision_with=names)
+                vagrant_for(lab, up_timeout, waiting, out).reload(provision_with=names)
         if stage.reboot and i == len(stages) - 1:
             with console.step("vagrant reload", "the reboot", verbose) as out:
-                vagrant_for(lab, settings, up_timeout, "the reboot", out).reload(provision=False)
-    with console.step("SSH as the admin with the lab's key", "sshd in the guest", verbose):
-        with connect(settings) as remote:
-            result = remote.run("id -un; uname -r", step="first login")
-            if result.failed:
-                raise LabError(f"logging in as {settings.admin_user} failed: {result.stderr.strip()}")
+                vagrant_for(lab, up_timeout, "the reboot", out).reload(provision=False)
+    with console.step("SSH as the admin with the lab's key", "sshd in the guest", verbose), connect(settings) as remote:
+        result = remote.run("id -un; uname -r", step="first login")
+        if result.failed:
+            raise LabError(f"logging in as {settings.admin_user} failed: {result.stderr.strip()}")
     console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
                  f"next: invoke lab.verify")
 

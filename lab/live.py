@@ -47,7 +47,8 @@ class Live:
             table.add_row(f"{mark}{escape(a)}", f"{markb}{escape(b)}")
         console.print(table)
         if same:
-            console.print(f"[green]✓ identical[/] (marked lines): {s.container_user} inherited {s.admin_user}'s cgroups")
+            console.print(f"[green]✓ identical[/] (marked lines): "
+                          f"{s.container_user} inherited {s.admin_user}'s cgroups")
         else:
             console.print("[red]✗ the listings differ: the bug's precondition does not hold here[/]")
 

@@ -124,7 +124,8 @@ def _render(template: str, ctx: dict[str, object]) -> str:
     except jinja2.TemplateNotFound as exc:
         raise LabError(f"template {exc.name} not found under {TEMPLATES_DIR}") from None
     except jinja2.UndefinedError as exc:
-        raise LabError(f"template {template}: {exc.message}", hint="a template uses a value the lab does not set") from None
+        raise LabError(f"template {template}: {exc.message}",
+                       hint="a template uses a value the lab does not set") from None
 
 
 def render_all_guest(settings: Settings, facts: LabFacts) -> dict[str, str]:

@@ -47,8 +47,10 @@ class Run:
             self.live.after(record)
         return record
 
-    def script(self, id: str, title: str, rel: str, script: str, why: str = "", quiet: bool = False) -> scenario.StepRecord:
-        return self.step(id, title, script, as_root=True, stdin=script, why=why, shown=f"sudo bash {rel}", quiet=quiet)
+    def script(self, id: str, title: str, rel: str, script: str, why: str = "",
+               quiet: bool = False) -> scenario.StepRecord:
+        return self.step(id, title, script, as_root=True, stdin=script, why=why, shown=f"sudo bash {rel}",
+                         quiet=quiet)
 
 
 def list_fixes(settings: Settings) -> None:
@@ -69,7 +71,8 @@ def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False)
     record: dict = {"target": settings.target, "provider": facts.provider, "name": settings.name,
                     "title": target.title, "cgroup_layout": target.cgroup_layout,
                     "admin_user": settings.admin_user, "container_user": settings.container_user,
-                    "container_name": settings.container_name, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "container_name": settings.container_name,
+                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "ok": False, "versions": {}, "evidence": {}, "steps": [], "fixes": [], "restored": None}
     wall_start = time.monotonic()
     try:

@@ -1,0 +1,99 @@
+"""verify.cast: the run replayed as an asciicast v2 recording, at the pace the guest really took.
+
+Each story step types its prompt at step["started"] and prints its output when it finished; fix
+headers and verdicts are dim comments. Plumbing steps leave only their pauses.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+
+from lab.report import fix_rows, is_plumbing, output_lines, redacted, verdict
+
+WIDTH, HEIGHT = 100, 30
+TYPING_SECONDS = 0.3
+TYPING_CHUNKS = 10
+DIM, CYAN, RESET = "\x1b[2m", "\x1b[36m", "\x1b[0m"
+
+
+def timestamp(started_at: str) -> int | None:
+    try:
+        return calendar.timegm(time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def header(record: dict) -> dict:
+    head: dict = {"version": 2, "width": WIDTH, "height": HEIGHT}
+    stamp = timestamp(record.get("started_at", ""))
+    if stamp is not None:
+        head["timestamp"] = stamp
+    head["title"] = f"cgroup lab: {record.get('title') or record.get('target', '')}"
+    head["env"] = {"TERM": "xterm-256color", "SHELL": "/bin/bash"}
+    return head
+
+
+class Recorder:
+    """Events with times that never go backwards."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lines: list[str] = []
+
+    def emit(self, at: float, text: str) -> None:
+        if not text:
+            return
+        self.now = max(self.now, round(at, 6))
+        self.lines.append(json.dumps([self.now, "o", text], ensure_ascii=False))
+
+    def comment(self, at: float, text: str) -> None:
+        self.emit(at, f"{DIM}# {text}{RESET}\r\n")
+
+    def typed(self, at: float, user: str, command: str, budget: float) -> None:
+        self.emit(at, f"{CYAN}{user}${RESET} ")
+        size = max(1, -(-len(command) // TYPING_CHUNKS))
+        chunks = [command[i:i + size] for i in range(0, len(command), size)]
+        pace = min(TYPING_SECONDS, budget / 2) / max(1, len(chunks))
+        for i, chunk in enumerate(chunks):
+            self.emit(at + (i + 1) * pace, chunk)
+        self.emit(at + len(chunks) * pace, "\r\n")
+
+
+def section_of(step_id: str, rows: list[dict]) -> dict | None:
+    return next((row for row in rows if step_id.startswith(f"{row['id']}:")), None)
+
+
+def close(rec: Recorder, row: dict | None, at: float) -> None:
+    if row:
+        rec.comment(at, f"{'✓' if row.get('ok') else '✗'} {row['id']}: {verdict(row)}")
+
+
+def render(record: dict) -> str:
+    record = redacted(record)
+    rows = fix_rows(record)
+    rec = Recorder()
+    current: dict | None = None
+    ended = 0.0
+    for step in record.get("steps", []):
+        start, took = float(step.get("started", ended)), float(step.get("seconds", 0))
+        row = section_of(step["id"], rows)
+        if row is not current:
+            close(rec, current, ended)
+            current = row
+            if row:
+                rec.comment(start, f"{row['id']}: {row.get('title', '')} (expected: {row.get('expected', '')})")
+        ended = start + took
+        if is_plumbing(step["id"]):
+            continue
+        if step["id"] == "evidence-admin":
+            rec.comment(start, "evidence: the admin's cgroups, then those of a process started with sudo -u")
+        rec.typed(start, step.get("user", ""), step.get("command", ""), took)
+        lines = output_lines(step)
+        if lines:
+            rec.emit(ended, "\r\n".join(lines) + "\r\n")
+    close(rec, current, ended)
+    head = "✓ every step met its expectation" if record.get("ok") else "✗ some step did not meet its expectation"
+    rec.comment(float(record.get("seconds", ended)), f"{head} ({record.get('seconds', 0):.1f}s)")
+    return "\n".join([json.dumps(header(record), ensure_ascii=False), *rec.lines]) + "\n"

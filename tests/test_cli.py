@@ -1,0 +1,96 @@
+"""The invoke tasks as users run them: subprocesses, exit codes, one-line errors, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    clean.update(env or {})
+    clean["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args], cwd=tmp_path, env=clean,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def assert_clean_refusal(result: subprocess.CompletedProcess[str], tmp_path: Path, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("error:")
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert not (tmp_path / ".lab").exists(), "a refused command must not write state"
+
+
+def test_list_shows_every_task(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "--list")
+    assert result.returncode == 0
+    for name in ("render", "doctor", "build", "up", "verify", "status", "ssh", "destroy", "report"):
+        assert f"lab.{name}" in result.stdout
+
+
+def test_help_explains_flags(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "--help", "lab.up")
+    assert result.returncode == 0
+    assert "--target" in result.stdout and "trusty, bookworm" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "env", "fragments"), [
+    (["lab.render"], {"LAB_TARGET": "xenial"}, ["'target'", "LAB_TARGET", "xenial"]),
+    (["lab.render", "--target", "xenial"], {}, ["'target'", "--target"]),
+    (["lab.render", "--provider", "docker"], {}, ["'provider'", "docker"]),
+    (["lab.render", "--name", "bad name"], {}, ["'name'"]),
+    (["lab.render"], {"LAB_CPUS": "lots"}, ["'cpus'", "whole number"]),
+    (["lab.render"], {"LAB_MEMORY": "64"}, ["'memory'"]),
+    (["lab.render"], {"LAB_ADMIN_USER": "adm;reboot"}, ["'admin_user'"]),
+    (["lab.render"], {"LAB_CONTAINER_NAME": "x$(id)"}, ["'container_name'"]),
+    (["lab.render"], {"LAB_DEBIAN_MIRROR": "file:///etc"}, ["'debian_mirror'"]),
+    (["lab.render"], {"LAB_BOX": "/nope/x.box"}, ["'box'", "no such file"]),
+    (["lab.render"], {"LAB_FIXES": "cgm,nope"}, ["'fixes'", "nope"]),
+    (["lab.up", "--target", "bookworm", "--provider", "virtualbox"], {}, ["'provider'", "libvirt"]),
+    (["lab.build"], {"LAB_TARGT": "bookworm"}, ["LAB_TARGT", "LAB_TARGET"]),
+    (["lab.verify"], {}, ["no lab has been brought up"]),
+    (["lab.status", "--name", "ghost"], {}, ["ghost", "has not been brought up"]),
+])
+def test_bad_input_is_refused_cleanly(tmp_path: Path, args: list[str], env: dict, fragments: list[str]) -> None:
+    assert_clean_refusal(invoke(tmp_path, *args, env=env), tmp_path, *fragments)
+
+
+def test_bad_lab_toml(tmp_path: Path) -> None:
+    (tmp_path / "lab.toml").write_text("targte = 'bookworm'\n")
+    assert_clean_refusal(invoke(tmp_path, "lab.render"), tmp_path, "unknown key 'targte'", "did you mean 'target'")
+    (tmp_path / "lab.toml").write_text("target = [\n")
+    assert_clean_refusal(invoke(tmp_path, "lab.render"), tmp_path, "not valid TOML")
+
+
+def test_render_writes_the_lab_and_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke(tmp_path, "lab.render", "--target", "trusty", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    vf = (out / "Vagrantfile").read_text()
+    assert "'lab-trusty'" in vf
+    scripts = "\n".join(p.read_text() for p in (out / "provision").glob("*.sh"))
+    for package in ("lxc", "lxc-templates", "uidmap", "libpam-cgm", "linux-generic-lts-vivid"):
+        assert package in scripts
+    assert not (tmp_path / ".lab").exists()
+
+
+def test_render_default_goes_to_dot_lab(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "lab.render", "--target", "bookworm", "--name", "demo")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / ".lab/demo/Vagrantfile").is_file()
+    assert (tmp_path / ".lab/demo/ssh/id_ed25519").stat().st_mode & 0o077 == 0
+
+
+def test_destroy_without_a_lab_is_fine(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "lab.destroy")
+    assert result.returncode == 0
+    assert "no lab to destroy" in result.stdout

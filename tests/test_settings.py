@@ -1,0 +1,122 @@
+"""Settings: the merge order and every validation rule, with the key named in each error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import settings
+from lab.errors import LabError, SettingError
+
+
+def load(tmp_path: Path, toml: str | None = None, env: dict | None = None, **flags: object) -> settings.Settings:
+    if toml is not None:
+        (tmp_path / "lab.toml").write_text(toml)
+    return settings.load(environ=env or {}, flags=flags, project_dir=tmp_path)
+
+
+def test_defaults_follow_the_seed(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    assert (s.target, s.name, s.admin_user, s.container_user, s.container_name) == (
+        "trusty", "trusty", "labadmin", "dbusr", "mysql55")
+    assert s.fix_ids == ("pam-systemd", "cgm")
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    toml = 'target = "bookworm"\ncpus = 1\nmemory = 2048\n'
+    s = load(tmp_path, toml, env={"LAB_CPUS": "3", "LAB_MEMORY": "1536"}, memory=4096)
+    assert (s.target, s.cpus, s.memory, s.name) == ("bookworm", 3, 4096, "bookworm")
+
+
+def test_name_defaults_to_target_and_can_be_set(tmp_path: Path) -> None:
+    assert load(tmp_path, target="bookworm-unified").name == "bookworm-unified"
+    assert load(tmp_path, target="bookworm", name="demo-1").name == "demo-1"
+
+
+def test_fixes_from_env_are_split_and_checked_against_the_target(tmp_path: Path) -> None:
+    s = load(tmp_path, env={"LAB_TARGET": "bookworm", "LAB_FIXES": "cgm, pam-cgfs"})
+    assert s.fix_ids == ("cgm", "pam-cgfs")
+    with pytest.raises(SettingError, match="'fixes'.*pam-cgf.*did you mean 'pam-cgfs'"):
+        load(tmp_path, env={"LAB_TARGET": "bookworm", "LAB_FIXES": "pam-cgf"})
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("target", "xenial", "one of"),
+    ("provider", "docker", "one of auto, libvirt, virtualbox"),
+    ("name", "My Lab", "lower-case"),
+    ("name", "a;rm -rf /", "lower-case"),
+    ("cpus", "many", "whole number"),
+    ("cpus", "0", "whole number from 1"),
+    ("memory", "99999999", "whole number"),
+    ("admin_user", "root'; x", "Unix user name"),
+    ("container_user", "$(id)", "Unix user name"),
+    ("container_name", "mysql`55`", "letters, digits"),
+    ("debian_mirror", "ftp://mirror", "http:// or https://"),
+    ("debian_mirror", "http://x/$(reboot)", "http:// or https://"),
+    ("ubuntu_mirror", "not a url", "http:// or https://"),
+    ("box", "/nonexistent/trusty.box", "no such file"),
+    ("box", "just-a-word", "box name like owner/name"),
+    ("ssh_timeout", "-1", "whole number"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, key: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingError) as info:
+        load(tmp_path, env={f"LAB_{key.upper()}": value})
+    assert info.value.key == key
+    assert fragment in str(info.value)
+    assert f"LAB_{key.upper()}" in str(info.value)
+
+
+def test_unknown_key_in_file_suggests_the_right_one(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="unknown key 'memroy'; did you mean 'memory'"):
+        load(tmp_path, 'memroy = 2048\n')
+
+
+def test_unparsable_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="lab.toml is not valid TOML"):
+        load(tmp_path, 'target = \n')
+
+
+def test_missing_explicit_config_file(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="does not exist"):
+        settings.load(config=tmp_path / "nope.toml", environ={}, project_dir=tmp_path)
+
+
+def test_unknown_lab_variable_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="LAB_TARGT.*did you mean 'LAB_TARGET'"):
+        load(tmp_path, env={"LAB_TARGT": "bookworm"})
+
+
+def test_toml_types_are_checked_too(tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="'cpus'"):
+        load(tmp_path, 'cpus = true\n')
+    with pytest.raises(SettingError, match="'fixes'"):
+        load(tmp_path, 'target = "bookworm"\nfixes = "cgm;reboot"\n')
+
+
+def test_provider_must_fit_the_target(tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="for target bookworm: libvirt"):
+        load(tmp_path, target="bookworm", provider="virtualbox")
+    assert load(tmp_path, target="trusty", provider="virtualbox").provider == "virtualbox"
+
+
+def test_admin_and_container_user_must_differ(tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="container_user"):
+        load(tmp_path, env={"LAB_CONTAINER_USER": "labadmin"})
+
+
+def test_local_box_file_is_resolved(tmp_path: Path) -> None:
+    box = tmp_path / "trusty.box"
+    box.write_bytes(b"x")
+    assert load(tmp_path, env={"LAB_BOX": str(box)}).box == str(box.resolve())
+
+
+def test_settings_round_trip_through_json(tmp_path: Path) -> None:
+    s = load(tmp_path, target="bookworm", name="demo")
+    assert settings.from_json(s.to_json(), "saved") == s
+
+
+def test_saved_settings_are_validated_again(tmp_path: Path) -> None:
+    text = load(tmp_path, target="bookworm").to_json().replace('"dbusr"', '"db usr"')
+    with pytest.raises(SettingError, match="container_user"):
+        settings.from_json(text, "saved")

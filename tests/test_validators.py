@@ -1,0 +1,109 @@
+"""The real validators on the rendered output: vagrant validate, packer validate, shellcheck.
+
+VirtualBox cannot run here, so its provider block is checked only through
+`vagrant validate --ignore-provider` (Vagrant's own limit); libvirt's block is validated for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from labtest import make_facts, make_settings
+
+from lab import build, render
+from lab.paths import PROJECT_DIR
+
+pytestmark = pytest.mark.integration
+
+TARGETS = ["trusty", "bookworm", "bookworm-unified"]
+
+
+def rendered(tmp_path: Path, target: str, provider: str = "libvirt") -> Path:
+    s = make_settings(tmp_path, target=target)
+    out = tmp_path / target
+    render.write_files(out, render.render_all(s, make_facts(provider=provider)))
+    return out
+
+
+def vagrant_validate(where: Path, *extra: str, provider: str = "libvirt") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VAGRANT_DEFAULT_PROVIDER": provider, "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    return subprocess.run(["vagrant", "validate", *extra], cwd=where, env=env, capture_output=True, text=True,
+                          timeout=180, check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_tools() -> None:
+    missing = [t for t in ("vagrant", "packer", "shellcheck") if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"integration tools missing: {missing}; run ./setup.sh")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_vagrant_validate_libvirt(tmp_path: Path, target: str) -> None:
+    out = rendered(tmp_path, target)
+    result = vagrant_validate(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_vagrant_validate_ignore_provider(tmp_path: Path, target: str) -> None:
+    out = rendered(tmp_path, target, provider="virtualbox")
+    result = vagrant_validate(out, "--ignore-provider", provider="virtualbox")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vagrant_validate_catches_a_bad_libvirt_option(tmp_path: Path) -> None:
+    out = rendered(tmp_path, "bookworm")
+    vf = out / "Vagrantfile"
+    vf.write_text(vf.read_text().replace("lv.cpus =", "lv.cpuz ="))
+    result = vagrant_validate(out)
+    assert result.returncode != 0
+    assert "cpuz" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_shellcheck_every_rendered_script(tmp_path: Path, target: str) -> None:
+    out = rendered(tmp_path, target)
+    scripts = sorted(str(p) for p in out.rglob("*.sh"))
+    assert len(scripts) >= 8
+    result = subprocess.run(["shellcheck", "-s", "bash", *scripts], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_shellcheck_build_scripts(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, target="bookworm")
+    inputs = build.build_inputs(s)
+    files = {"rootfs.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"]}
+    render.write_files(tmp_path, files)
+    result = subprocess.run(["shellcheck", "-s", "bash", *(str(tmp_path / f) for f in files)], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_packer_validate_debian(tmp_path: Path) -> None:
+    private, _ = build.vagrant_insecure_keys()
+    script = tmp_path / "box.sh"
+    script.write_text("#!/bin/bash\n")
+    variables = {"disk_image": str(tmp_path / "disk.qcow2"), "kernel": "/k", "initrd": "/i", "cmdline": "ro",
+                 "output_directory": str(tmp_path / "out"), "box_output": str(tmp_path / "b.box"),
+                 "ssh_private_key_file": str(private), "ssh_port": 2299, "serial_log": str(tmp_path / "s.log"),
+                 "scripts": [str(script)]}
+    var_file = tmp_path / "vars.json"
+    var_file.write_text(json.dumps(variables))
+    result = subprocess.run(["packer", "validate", "-var-file", str(var_file), str(PROJECT_DIR / "packer/debian.pkr.hcl")],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    variables.pop("disk_image")
+    var_file.write_text(json.dumps(variables))
+    result = subprocess.run(["packer", "validate", "-var-file", str(var_file), str(PROJECT_DIR / "packer/debian.pkr.hcl")],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert result.returncode != 0, "a missing required variable must fail validation"
