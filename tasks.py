@@ -14,8 +14,8 @@ from invoke import Collection, Exit, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import console  # noqa: E402
-from lab.errors import LabError  # noqa: E402
+from lab import console
+from lab.errors import LabError
 
 FLAG_HELP = {
     "target": "target to use: trusty, bookworm or bookworm-unified (lab.toml: target)",
