@@ -1,0 +1,216 @@
+"""The report formats, checked with real parsers against a recorded run (no VM)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from lab.report import cast, fix_rows, is_plumbing, junit, markdown, redact, story_steps, write_reports
+
+FIXTURE = Path(__file__).parent / "fixtures" / "verify-bookworm.json"
+KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
+       "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+       "QyNTUxOQAAACBsZWFrZWRzZWNyZXRsZWFrZWRzZWNyZXRsZWFrZWQAAAA=\n"
+       "-----END OPENSSH PRIVATE KEY-----\n")
+KEY_MATERIAL = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
+
+
+@pytest.fixture
+def record() -> dict:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+def failing(record: dict, fix_id: str = "pam-cgfs") -> dict:
+    """The record as if one fix had not worked: its row and its start step not ok."""
+    bad = copy.deepcopy(record)
+    for row in fix_rows(bad):
+        if row["id"] == fix_id:
+            row.update(ok=False, observed="failing")
+    for step in bad["steps"]:
+        if step["id"] == f"{fix_id}:start":
+            step["ok"] = False
+    bad["ok"] = False
+    return bad
+
+
+def suite_of(xml: str) -> tuple[ET.Element, ET.Element]:
+    root = ET.fromstring(xml)
+    assert root.tag == "testsuites"
+    suites = root.findall("testsuite")
+    assert len(suites) == 1
+    return root, suites[0]
+
+
+# --- junit -----------------------------------------------------------------------------------------
+
+def test_junit_counts_match_the_record(record: dict) -> None:
+    root, suite = suite_of(junit.render(record))
+    cases = suite.findall("testcase")
+    steps, rows = story_steps(record), fix_rows(record)
+    assert suite.get("name") == "cgroup-lab.bookworm"
+    assert len(cases) == len(steps) + len(rows) == int(suite.get("tests")) == int(root.get("tests"))
+    assert {c.get("name") for c in cases if c.get("classname") == "cgroup-lab.bookworm.steps"} == \
+        {s["id"] for s in steps}
+    assert [c.get("name") for c in cases if c.get("classname") == "cgroup-lab.bookworm.fixes"] == \
+        [r["id"] for r in rows]
+    not_ok = sum(not s["ok"] for s in steps) + sum(not r["ok"] for r in rows)
+    for element in (root, suite):
+        assert int(element.get("failures")) == not_ok == len(suite.findall("testcase/failure"))
+        assert element.get("errors") == "0" and element.get("skipped") == "0"
+        assert float(element.get("time")) == pytest.approx(record["seconds"], abs=1e-3)
+    assert not any(is_plumbing(c.get("name")) for c in cases)
+
+
+def test_junit_expected_failure_is_a_pass(record: dict) -> None:
+    _, suite = suite_of(junit.render(record))
+    step = next(s for s in record["steps"] if s["id"] == "baseline:start")
+    assert step["expected"] == "fail" and step["exit_code"] != 0
+    case = suite.find("testcase[@name='baseline:start']")
+    assert case is not None and case.find("failure") is None
+    assert float(case.get("time")) == pytest.approx(step["seconds"], abs=1e-3)
+    assert "Received container state" in case.findtext("system-out")
+
+
+def test_junit_reports_a_fix_that_did_not_work(record: dict) -> None:
+    root, suite = suite_of(junit.render(failing(record)))
+    assert root.get("failures") == suite.get("failures") == "2"
+    fix = suite.find("testcase[@classname='cgroup-lab.bookworm.fixes'][@name='pam-cgfs']")
+    failure = fix.find("failure")
+    assert failure is not None and failure.get("type")
+    assert "expected running" in failure.get("message") and "observed failing" in failure.get("message")
+    assert suite.find("testcase[@name='pam-cgfs:start']/failure") is not None
+
+
+def test_junit_counts_errors_and_failed_plumbing(record: dict) -> None:
+    broken = copy.deepcopy(record)
+    broken["error"] = "could not reset <the> container & \x1b[31mstop\x1b[0m"
+    next(s for s in broken["steps"] if s["id"] == "cgm:stop")["ok"] = False
+    root, suite = suite_of(junit.render(broken))
+    assert root.get("errors") == suite.get("errors") == "1"
+    assert suite.get("failures") == "1"
+    assert int(suite.get("tests")) == len(story_steps(record)) + len(fix_rows(record)) + 2
+    assert "<the> container &" in suite.find("testcase/error").get("message")
+
+
+# --- asciicast -------------------------------------------------------------------------------------
+
+def test_cast_is_valid_asciicast_v2(record: dict) -> None:
+    lines = cast.render(record).splitlines()
+    head = json.loads(lines[0])
+    assert head["version"] == 2 and head["width"] == 100 and head["height"] == 30
+    assert head["timestamp"] == 1795916710  # 2026-11-29T01:45:10Z
+    assert head["env"] == {"TERM": "xterm-256color", "SHELL": "/bin/bash"}
+    events = [json.loads(line) for line in lines[1:]]
+    times = [e[0] for e in events]
+    assert all(isinstance(e, list) and len(e) == 3 and e[1] == "o" and isinstance(e[2], str) for e in events)
+    assert times == sorted(times) and times[0] >= 0
+    screen = "".join(e[2] for e in events)
+    for step in story_steps(record):
+        assert step["command"] in screen
+    assert "guest/observe.sh" not in screen  # plumbing is left out
+
+
+def test_cast_prints_output_when_the_step_finished(record: dict) -> None:
+    events = [json.loads(line) for line in cast.render(record).splitlines()[1:]]
+    step = next(s for s in record["steps"] if s["id"] == "baseline:start")
+    first = step["stderr"].splitlines()[0]
+    at = next(e[0] for e in events if first in e[2])
+    assert at == pytest.approx(step["started"] + step["seconds"], abs=1e-3)
+
+
+# --- markdown --------------------------------------------------------------------------------------
+
+def matrix_rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = lines.index("| fix | title | expected | observed | result |")
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return table
+
+
+def test_markdown_matrix(record: dict) -> None:
+    text = markdown.render(record)
+    table = matrix_rows(text)
+    assert table[0] == ["fix", "title", "expected", "observed", "result"]
+    assert set("".join(table[1])) <= set("-: ")
+    rows = fix_rows(record)
+    assert len(table) == 2 + len(rows) == 2 + 2 + len(record["fixes"])
+    for cells, row in zip(table[2:], rows, strict=True):
+        assert cells[0] == f"`{row['id']}`"
+        assert cells[2:4] == [row["expected"], row["observed"]]
+        assert cells[4].startswith("✓")
+    for row in rows:
+        assert f"## {rows.index(row) + 2}. `{row['id']}`" in text
+
+
+def test_markdown_tells_the_story(record: dict) -> None:
+    text = markdown.render(record)
+    assert text.startswith(f"# cgroup lab: {record['title']}\n")
+    for line in record["versions"]["text"].splitlines():
+        assert line in text
+    assert "| labadmin$ cat /proc/self/cgroup | labadmin$ sudo -u dbusr cat /proc/self/cgroup | same |" in text
+    assert "**`9:memory:/user.slice/user-1001.slice/session-15.scope`**" in text
+    assert "The listings are identical" in text
+    assert "```console\nlabadmin$ sudo -H -u dbusr lxc-start -n mysql55 -d\n" in text
+    assert "root$ sudo bash guest/observe.sh" not in text and "preflight" not in text
+    assert "… 4 lines …" in text  # cgm:apply printed 15 lines
+    assert "39 steps (17 shown, 22 plumbing) in 49.1 s" in text
+
+
+def test_markdown_marks_a_fix_that_did_not_work(record: dict) -> None:
+    bad = failing(record)
+    row = next(cells for cells in matrix_rows(markdown.render(bad)) if cells[0] == "`pam-cgfs`")
+    assert row[2:4] == ["running", "failing"]
+    assert row[4].startswith("✗")
+    assert "✗ some step did not meet its expectation" in markdown.render(bad)
+
+
+def test_markdown_differing_evidence(record: dict) -> None:
+    other = copy.deepcopy(record)
+    other["evidence"]["sudo_user"] = "0::/user.slice/user-1002.slice/session-16.scope\n"
+    other["evidence"]["inherited"] = False
+    assert "The listings differ" in markdown.render(other)
+
+
+# --- secrets and files -----------------------------------------------------------------------------
+
+def test_redact() -> None:
+    text = f"before\n{KEY}after\n-----BEGIN RSA PRIVATE KEY-----\nMIIE{KEY_MATERIAL}"
+    out = redact(text)
+    assert KEY_MATERIAL not in out and "PRIVATE KEY" not in out
+    assert out.startswith("before\n[private key redacted]\nafter\n")
+
+
+@pytest.mark.parametrize("renderer", [markdown.render, junit.render, cast.render])
+def test_no_private_key_in_any_report(record: dict, renderer) -> None:
+    leaky = copy.deepcopy(record)
+    for step in leaky["steps"]:
+        if step["id"] in ("pam-cgfs:apply", "cgm:apply"):  # short and long (trimmed) output
+            step["stdout"] += KEY
+    leaky["error"] = KEY
+    out = renderer(leaky)
+    assert KEY_MATERIAL not in out and "BEGIN OPENSSH" not in out
+    assert "[private key redacted]" in out
+
+
+def test_write_reports_from_verify_json_alone(record: dict, tmp_path: Path) -> None:
+    reports = tmp_path / ".lab" / "bookworm" / "reports"
+    reports.mkdir(parents=True)
+    shutil.copy(FIXTURE, reports / "verify.json")
+    written = write_reports("bookworm", project_dir=tmp_path)
+    assert sorted(p.name for p in written) == ["junit.xml", "transcript.md", "verify.cast"]
+    first = {p.name: p.read_text(encoding="utf-8") for p in written}
+    write_reports("bookworm", project_dir=tmp_path)
+    for name, text in first.items():
+        assert (reports / name).read_text(encoding="utf-8") == text
+    assert first["transcript.md"] == markdown.render(record)
+    ET.fromstring(first["junit.xml"])
+    assert not list(reports.glob("*.tmp"))
