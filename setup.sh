@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 packages=(
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   packer mmdebstrap fdisk e2fsprogs dnsmasq-base iptables openssh-client openssh-server
-  shellcheck ca-certificates
+  shellcheck sudo ca-certificates
 )
 missing=()
 for p in "${packages[@]}"; do

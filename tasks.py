@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +35,20 @@ def flags(*keys: str, **extra: str) -> dict[str, str]:
 LAB_FLAGS = ("target", "provider", "name", "config")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """LabError -> one red line and its exit code; Ctrl-C -> exit 130 after cleanup ran."""
+    """LabError -> one red line and its exit code; Ctrl-C or SIGTERM -> exit 130 after cleanup ran.
+
+    SIGINT and SIGTERM are handled explicitly: a shell starts background jobs with SIGINT ignored,
+    and Python's default SIGTERM would exit without stopping the Vagrant or Packer we started."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGINT, _interrupted)
+        signal.signal(signal.SIGTERM, _interrupted)
         try:
             return fn(*args, **kwargs)
         except LabError as exc:

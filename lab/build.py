@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import uuid
@@ -141,9 +142,31 @@ def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box
             shutil.rmtree(final_dir)
         os.replace(staged, final_dir)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_build_dir(work)
     console.info(f"[green]✓[/] box {box.name} built: {box.path} ({box.path.stat().st_size >> 20} MiB)")
     return box
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below path (mmdebstrap mounts /proc, /sys, /dev inside the root)."""
+    prefix = str(path.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_point = line.split()[4].replace("\\040", " ")
+        if mount_point == prefix or mount_point.startswith(prefix + "/"):
+            found.append(mount_point)
+    return found
+
+
+def remove_build_dir(work: Path) -> None:
+    """Delete an unfinished build, never following into a mount left behind (it could be /dev)."""
+    for mount_point in sorted(mounts_under(work), reverse=True):
+        subprocess.run(["umount", "--lazy", mount_point], check=False, timeout=30)
+    left = mounts_under(work)
+    if left:
+        console.error(f"not deleting {work}: still mounted: {', '.join(left)}; unmount them, then delete it")
+        return
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:

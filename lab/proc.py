@@ -29,9 +29,13 @@ class Result:
     seconds: float
 
 
-def _end_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
-    """SIGTERM then SIGKILL the process group we created for this process (and only that)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+STOP_SEQUENCE = ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    """Stop the process group we created for this process (and only that): SIGINT first, so that
+    Vagrant and Packer run their own cleanup, then SIGTERM, then SIGKILL."""
+    for sig, grace in STOP_SEQUENCE:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

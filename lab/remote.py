@@ -111,10 +111,11 @@ class Remote:
         while True:
             attempts += 1
             client = self._new_client()
+            left = max(1.0, deadline - time.monotonic())
             try:
                 client.connect(ep.host, port=ep.port, username=ep.user, key_filename=str(ep.key_file),
-                               timeout=15, banner_timeout=30, auth_timeout=30, allow_agent=False,
-                               look_for_keys=False)
+                               timeout=min(15.0, left), banner_timeout=min(30.0, left),
+                               auth_timeout=min(30.0, left), allow_agent=False, look_for_keys=False)
             except paramiko.BadHostKeyException as exc:
                 client.close()
                 raise LabError(
@@ -130,13 +131,13 @@ class Remote:
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 last = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() >= deadline:
                     raise LabError(
                         f"could not reach {self.label} over SSH at {ep.host}:{ep.port} within "
                         f"{self.connect_timeout:.0f}s ({attempts} attempts; last: {last})",
                         hint="is the VM running? see: invoke lab.status; raise ssh_timeout if it is just slow",
                     ) from None
-                time.sleep(delay)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 10.0)
                 continue
             client.save_host_keys(str(self.known_hosts))
@@ -170,6 +171,8 @@ class Remote:
             channel.shutdown_write()
             out, err = self._collect(channel, started + timeout)
             exit_code = channel.recv_exit_status()
+            if exit_code == -1 and not transport.is_active():
+                raise paramiko.SSHException("connection closed before the command finished")
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()

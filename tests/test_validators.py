@@ -87,6 +87,13 @@ def test_shellcheck_build_scripts(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout
 
 
+def packer_validate(var_file: Path) -> subprocess.CompletedProcess[str]:
+    template = str(PROJECT_DIR / "packer" / "debian.pkr.hcl")
+    return subprocess.run(["packer", "validate", "-var-file", str(var_file), template],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+
+
 def test_packer_validate_debian(tmp_path: Path) -> None:
     private, _ = build.vagrant_insecure_keys()
     script = tmp_path / "box.sh"
@@ -97,13 +104,9 @@ def test_packer_validate_debian(tmp_path: Path) -> None:
                  "scripts": [str(script)]}
     var_file = tmp_path / "vars.json"
     var_file.write_text(json.dumps(variables))
-    result = subprocess.run(["packer", "validate", "-var-file", str(var_file), str(PROJECT_DIR / "packer/debian.pkr.hcl")],
-                            capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    result = packer_validate(var_file)
     assert result.returncode == 0, result.stdout + result.stderr
     variables.pop("disk_image")
     var_file.write_text(json.dumps(variables))
-    result = subprocess.run(["packer", "validate", "-var-file", str(var_file), str(PROJECT_DIR / "packer/debian.pkr.hcl")],
-                            capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    result = packer_validate(var_file)
     assert result.returncode != 0, "a missing required variable must fail validation"

@@ -1,0 +1,136 @@
+"""End to end, nothing faked: build the bookworm box, vagrant up with libvirt (TCG), verify over
+SSH, check the measured matrix and the reports, destroy, and prove nothing is left behind.
+
+Marked `vm`; CI runs it. Each lab is destroyed in a finally, even when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parent.parent
+HYBRID = {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running", "cgm": "running",
+          "systemd-run": "failing"}
+
+
+def invoke(cwd: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    print(f"--- invoke {' '.join(args)}: exit {result.returncode} in {time.monotonic() - started:.1f}s")
+    print(result.stdout[-6000:], result.stderr[-3000:])
+    return result
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
+                          timeout=60, check=False).stdout
+
+
+def leftovers(name: str) -> list[str]:
+    domain = f"lab-{name}"
+    found = [d for d in virsh("list", "--all", "--name").split() if d == domain]
+    found += [n for n in virsh("net-list", "--all", "--name").split() if n == domain]
+    found += [v for v in virsh("vol-list", "default").split() if v.startswith(domain)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def bookworm_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
+    name = "e2e-bookworm"
+    try:
+        yield workdir, name
+    finally:
+        invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+
+
+def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> None:
+    """Ctrl-C while Vagrant creates the VM, then the same command again: it recovers."""
+    workdir, name = bookworm_lab
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.up", "--target", "bookworm",
+                             "--name", name], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 1800
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "vagrant up" in line or time.monotonic() > deadline:
+            break
+    time.sleep(20)  # let Vagrant get into creating the domain
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    print("".join(seen[-20:]))
+    assert proc.returncode != 0, "an interrupted up must not report success"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cgroup-lab" / "boxes"
+    assert not list(cache.glob(".build-*")), "no half-built box may stay in the cache"
+    result = invoke(workdir, "lab.up", "--target", "bookworm", "--name", name)
+    assert result.returncode == 0
+
+
+def test_verify_shows_the_measured_matrix(bookworm_lab: tuple[Path, str]) -> None:
+    workdir, name = bookworm_lab
+    result = invoke(workdir, "lab.verify", timeout=1200)
+    assert result.returncode == 0
+    reports = workdir / ".lab" / name / "reports"
+    record = json.loads((reports / "verify.json").read_text())
+    assert record["ok"] is True and record["target"] == "bookworm" and record["provider"] == "libvirt"
+    assert record["evidence"]["inherited"] is True
+    assert "session-" in record["evidence"]["admin"]
+    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    assert observed == HYBRID
+    assert record["restored"] is True
+    for step in record["steps"]:
+        for key in ("id", "command", "user", "exit_code", "stdout", "stderr", "seconds", "expected", "ok"):
+            assert key in step
+    start = next(s for s in record["steps"] if s["id"] == "baseline:start")
+    assert start["command"] == "sudo -H -u dbusr lxc-start -n mysql55 -d" and start["exit_code"] != 0
+    # the other reports exist and parse
+    ET.parse(reports / "junit.xml")
+    for line in (reports / "verify.cast").read_text().splitlines():
+        json.loads(line)
+    transcript = (reports / "transcript.md").read_text()
+    for fix_id in HYBRID:
+        assert fix_id in transcript
+    again = invoke(workdir, "lab.report", "--format", "md")
+    assert again.returncode == 0
+    assert (reports / "transcript.md").read_text() == transcript
+
+
+def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str]) -> None:
+    workdir, name = bookworm_lab
+    result = invoke(workdir, "lab.verify", "--fix", "cgm", timeout=900)
+    assert result.returncode == 0
+    record = json.loads((workdir / ".lab" / name / "reports" / "verify.json").read_text())
+    assert [f["id"] for f in record["fixes"]] == ["cgm"]
+
+
+def test_destroy_leaves_nothing_and_twice_is_fine(bookworm_lab: tuple[Path, str]) -> None:
+    workdir, name = bookworm_lab
+    assert leftovers(name), "the lab should exist before destroy"
+    assert invoke(workdir, "lab.destroy", timeout=600).returncode == 0
+    assert leftovers(name) == []
+    assert invoke(workdir, "lab.destroy", "--name", name, timeout=600).returncode == 0
