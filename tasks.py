@@ -181,6 +181,25 @@ def destroy(c, target=None, name=None):
         paths.state_root().joinpath(paths.CURRENT).unlink()
 
 
+@task(help={"target": "the lab of this target", "name": "this lab"})
+@guarded
+def reset(c, target=None, name=None):
+    """Return the lab to its freshly provisioned state from a snapshot (seconds, not a rebuild)."""
+    from lab import lifecycle
+
+    seconds = lifecycle.reset(_existing(target, name))
+    console.info(f"[green]✓[/] lab reset to its baseline snapshot in {seconds:.1f}s")
+
+
+@task(help=flags(*LAB_FLAGS))
+@guarded
+def bench(c, target=None, provider=None, name=None, config=None):
+    """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
+    from lab import bench as b
+
+    b.run(_settings(target, provider, name, config))
+
+
 @task(help={"target": "the lab of this target", "name": "this lab",
             "format": "md, junit, json or cast (default: all)"})
 @guarded
@@ -193,5 +212,5 @@ def report(c, target=None, name=None, format=None):
         console.info(f"[green]✓[/] {path}")
 
 
-lab = Collection("lab", render, doctor, build, up, verify, status, ssh, destroy, report)
+lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report)
 ns = Collection(lab)

@@ -230,10 +230,11 @@ def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
 def _check_iso_reachable(settings: Settings) -> None:
     from lab import doctor  # late import: doctor imports build
 
-    ok, detail = doctor.url_answers(doctor.TRUSTY_ISO_URL)
+    ok, detail = doctor.url_answers(settings.iso_url)
     if not ok:
         raise LabError(
-            f"target {settings.target} cannot be built here: the Ubuntu ISO does not answer ({detail})",
+            f"target {settings.target} cannot be built here: the Ubuntu ISO {settings.iso_url} "
+            f"does not answer ({detail})",
             hint="use a local box instead: set box = '/path/to/trusty.box' in lab.toml, "
                  "or try target = 'bookworm' which builds from Debian's mirror",
         )

@@ -12,8 +12,6 @@ from lab import accel, libvirt_host
 from lab.console import console
 from lab.settings import Settings
 
-TRUSTY_ISO_URL = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
-
 
 @dataclass(frozen=True)
 class Check:
@@ -87,7 +85,7 @@ def checks(settings: Settings, provider: str) -> list[Check]:
         for label, url in (("ubuntu archive", f"{settings.ubuntu_mirror}/dists/trusty/Release"),
                            ("old-releases", f"{settings.ubuntu_old_mirror}/dists/trusty/Release"),
                            ("lxc-stable PPA", f"{settings.ppa_url}/dists/trusty/Release"),
-                           ("trusty ISO", TRUSTY_ISO_URL)):
+                           ("trusty ISO", settings.iso_url)):
             ok, detail = url_answers(url)
             found.append(Check(label, ok, f"{url}: {detail}", "set box = '/path/to/trusty.box' in lab.toml "
                                "to use a local box, or use target bookworm",

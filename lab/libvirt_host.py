@@ -114,6 +114,7 @@ def cleanup(domain: str, network: str) -> list[str]:
     """Remove the lab's domain (with its volumes) and its network; say what was removed."""
     removed = []
     if domain_exists(domain):
+        delete_snapshots(domain)
         if domain_state(domain) != "shut off":
             virsh("destroy", domain)
         result = virsh("undefine", domain, "--remove-all-storage", "--nvram")
@@ -136,3 +137,31 @@ def box_volumes(box_name: str) -> list[str]:
     prefix = box_name.replace("/", "-VAGRANTSLASH-")
     vols = virsh("vol-list", POOL).stdout.splitlines()
     return [line.split()[0] for line in vols[2:] if line.strip() and line.split()[0].startswith(prefix)]
+
+
+BASELINE_SNAPSHOT = "lab-baseline"
+
+
+def snapshots(domain: str) -> list[str]:
+    result = virsh("snapshot-list", domain, "--name")
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+
+
+def snapshot_baseline(domain: str) -> None:
+    """An internal snapshot of the running, freshly provisioned VM (disk and memory)."""
+    if BASELINE_SNAPSHOT in snapshots(domain):
+        virsh("snapshot-delete", domain, BASELINE_SNAPSHOT, check=True, timeout=300)
+    virsh("snapshot-create-as", domain, BASELINE_SNAPSHOT, "--description",
+          "cgroup-lab: freshly provisioned baseline", "--atomic", check=True, timeout=600)
+
+
+def revert_baseline(domain: str) -> None:
+    if BASELINE_SNAPSHOT not in snapshots(domain):
+        raise LabError(f"{domain} has no baseline snapshot", hint="run lab.up again to take one")
+    virsh("snapshot-revert", domain, BASELINE_SNAPSHOT, "--running", "--force", check=True, timeout=600)
+
+
+def delete_snapshots(domain: str) -> None:
+    """libvirt refuses to undefine a domain that still has snapshots."""
+    for name in snapshots(domain):
+        virsh("snapshot-delete", domain, name, "--metadata", timeout=120)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,8 +149,27 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
         result = remote.run("id -un; uname -r", step="first login")
         if result.failed:
             raise LabError(f"logging in as {settings.admin_user} failed: {result.stderr.strip()}")
+    if provider == "libvirt":
+        with console.step("snapshot of the provisioned VM (for lab.reset)", "libvirt to save disk and memory",
+                          verbose):
+            libvirt_host.snapshot_baseline(domain_name(settings))
     console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
                  f"next: invoke lab.verify")
+
+
+def reset(settings: Settings) -> float:
+    """Back to the freshly provisioned VM through its snapshot: seconds, not a rebuild."""
+    if resolve_provider(settings) != "libvirt":
+        raise LabError("lab.reset needs the libvirt provider", hint="use: invoke lab.destroy lab.up")
+    libvirt_host.ensure_daemons()
+    started = time.monotonic()
+    with console.step(f"revert {domain_name(settings)} to its baseline snapshot", "libvirt to load disk and memory"):
+        libvirt_host.revert_baseline(domain_name(settings))
+    with console.step("SSH as the admin after the revert", "sshd in the guest"), connect(settings) as remote:
+        result = remote.run("true", step="after reset")
+        if result.failed:
+            raise LabError(f"the lab does not answer after the revert: {result.stderr.strip()}")
+    return time.monotonic() - started
 
 
 def _clear_orphans(settings: Settings, lab: paths.LabDir, provider: str) -> None:
@@ -212,6 +232,7 @@ def destroy(settings: Settings) -> list[str]:
     if lab.vagrantfile.exists() and shutil.which("vagrant"):
         if provider == "libvirt":
             libvirt_host.ensure_daemons()
+            libvirt_host.delete_snapshots(domain_name(settings))
         with console.step(f"vagrant destroy {domain_name(settings)}", "the VM to be removed"):
             try:
                 machine.LabVagrant(lab.root, timeout=300, step="vagrant destroy").destroy()

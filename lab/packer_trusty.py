@@ -37,7 +37,8 @@ def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
         scripts.append(str(path))
     _, public = vagrant_insecure_keys()
     box = work / f"trusty-{provider}.box"
-    variables = {"scripts": scripts, "qemu_accelerator": accel.packer_accelerator(), "cpus": settings.cpus,
+    variables = {"scripts": scripts, "iso_url": settings.iso_url,
+                 "qemu_accelerator": accel.packer_accelerator(), "cpus": settings.cpus,
                  "memory": settings.memory, "http_directory": str(PROJECT_DIR / "packer" / "http"),
                  "ssh_port": free_port(), "vagrant_public_key": public.read_text().strip(),
                  "output_directory": str(work / "packer-out"), "output": str(box)}

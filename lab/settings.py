@@ -44,6 +44,7 @@ class Settings:
     ubuntu_mirror: str = "http://archive.ubuntu.com/ubuntu"
     ubuntu_old_mirror: str = "http://old-releases.ubuntu.com/ubuntu"
     ppa_url: str = "http://ppa.launchpad.net/ubuntu-lxc/lxc-stable/ubuntu"
+    iso_url: str = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
     box: str = ""
     boot_timeout: int = 900
     ssh_timeout: int = 300
@@ -155,6 +156,7 @@ CHECKS: dict[str, Callable[[str, object, str], object]] = {
     "ubuntu_mirror": _url,
     "ubuntu_old_mirror": _url,
     "ppa_url": _url,
+    "iso_url": _url,
     "box": _box,
     "boot_timeout": _int_in(30, 7200),
     "ssh_timeout": _int_in(5, 3600),

@@ -1,0 +1,154 @@
+"""lab.bench: where the time goes, as figures (no pass/fail): connection cost per command,
+verify overhead over the guest's own work, snapshot reset vs destroy + up, boot vs up, and the
+whole fix matrix on one VM vs a fresh VM per fix. Writes .lab/<name>/reports/bench.json."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import vagrant
+
+from lab import libvirt_host, lifecycle, paths, verify
+from lab.console import console
+from lab.errors import LabError
+from lab.settings import Settings
+
+SSH_SAMPLES_VAGRANT = 5
+SSH_SAMPLES_PARAMIKO = 30
+RESETS = 3
+
+
+def timed(fn: Callable[..., object], *args: object) -> tuple[float, object]:
+    started = time.monotonic()
+    value = fn(*args)
+    return time.monotonic() - started, value
+
+
+def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
+    lab = paths.lab_dir(settings.name)
+    exe = vagrant.get_vagrant_executable()
+    if not exe:
+        raise LabError("vagrant is not installed")
+    found = []
+    for _ in range(samples):
+        started = time.monotonic()
+        result = subprocess.run([exe, "ssh", "-c", "true"], cwd=lab.root, capture_output=True, timeout=120,
+                                check=False)
+        if result.returncode != 0:
+            raise LabError(f"vagrant ssh -c true failed: {result.stderr.decode(errors='replace')[-300:]}")
+        found.append(time.monotonic() - started)
+    return found
+
+
+def paramiko_seconds(settings: Settings, samples: int) -> list[float]:
+    with lifecycle.connect(settings) as remote:
+        remote.run("true")  # connect outside the measurement
+        return [remote.run("true").seconds for _ in range(samples)]
+
+
+def guest_boot_seconds(settings: Settings) -> float | None:
+    """systemd-analyze's 'Startup finished ... = N s' inside the guest."""
+    with lifecycle.connect(settings) as remote:
+        out = remote.run("systemd-analyze 2>/dev/null | head -n 1").stdout
+    m = re.search(r"=\s*(?:(\d+)min\s*)?([\d.]+)s", out)
+    if not m:
+        return None
+    return int(m.group(1) or 0) * 60 + float(m.group(2))
+
+
+def verify_figures(settings: Settings, only: tuple[str, ...] = ()) -> tuple[float, float, dict]:
+    """(wall seconds, sum of guest-side seconds, record) of one verify run."""
+    started = time.monotonic()
+    ok = verify.run(settings, only=only)
+    wall = time.monotonic() - started
+    record = json.loads((paths.lab_dir(settings.name).reports / "verify.json").read_text())
+    if not ok:
+        raise LabError("verify did not meet its expectations during the benchmark; see verify.json")
+    guest = sum(s["guest_seconds"] or 0.0 for s in record["steps"])
+    return wall, guest, record
+
+
+def run(settings: Settings) -> dict:
+    figures: dict = {"target": settings.target, "name": settings.name}
+    console.rule("[bold]lab.bench[/]")
+    if libvirt_host.domain_state(lifecycle.domain_name(settings)) != "running":
+        lifecycle.up(settings)
+    wall, guest, record = verify_figures(settings)
+    figures["verify_wall_s"] = round(wall, 2)
+    figures["verify_guest_s"] = round(guest, 2)
+    figures["verify_overhead"] = round((wall - guest) / guest, 4)
+    figures["verify_commands"] = len(record["steps"])
+    figures["matrix_one_vm_s"] = round(wall, 2)
+    fixes = len(record["fixes"])
+
+    v = vagrant_ssh_seconds(settings, SSH_SAMPLES_VAGRANT)
+    p = paramiko_seconds(settings, SSH_SAMPLES_PARAMIKO)
+    figures["vagrant_ssh_per_command_s"] = round(statistics.median(v), 4)
+    figures["paramiko_per_command_s"] = round(statistics.median(p), 4)
+    figures["ssh_speedup"] = round(figures["vagrant_ssh_per_command_s"] / figures["paramiko_per_command_s"], 1)
+
+    resets = [lifecycle.reset(settings) for _ in range(RESETS)]
+    figures["reset_s"] = round(statistics.median(resets), 2)
+
+    destroy_s, _ = timed(lifecycle.destroy, settings)
+    up_s, _ = timed(lifecycle.up, settings)
+    figures["destroy_s"] = round(destroy_s, 2)
+    figures["up_cached_s"] = round(up_s, 2)
+    figures["destroy_up_s"] = round(destroy_s + up_s, 2)
+    figures["reset_speedup"] = round(figures["destroy_up_s"] / figures["reset_s"], 1)
+    boot = guest_boot_seconds(settings)
+    figures["guest_boot_s"] = boot
+    figures["up_vs_boot"] = round(up_s / boot, 2) if boot else None
+
+    one_wall, _, _ = verify_figures(settings, only=(record["fixes"][0]["id"],)) if fixes else (0.0, 0, {})
+    per_fix_fresh = figures["destroy_up_s"] + one_wall
+    figures["fresh_vm_per_fix_s"] = round(per_fix_fresh * (fixes + 1), 2)
+    figures["fresh_vm_per_fix_method"] = (f"measured once (destroy + up + verify of one fix = {per_fix_fresh:.1f}s), "
+                                          f"multiplied by {fixes + 1} (baseline + {fixes} fixes)")
+    figures["matrix_speedup"] = round(figures["fresh_vm_per_fix_s"] / figures["matrix_one_vm_s"], 1)
+    _write(settings, figures)
+    _print(figures)
+    return figures
+
+
+GOALS = {
+    "verify_overhead": ("< 0.05", lambda f: f["verify_overhead"] < 0.05),
+    "ssh_speedup": (">= 20x", lambda f: f["ssh_speedup"] >= 20),
+    "reset_speedup": (">= 20x", lambda f: f["reset_speedup"] >= 20),
+    "up_vs_boot": ("<= 1.3x", lambda f: f["up_vs_boot"] is not None and f["up_vs_boot"] <= 1.3),
+    "matrix_speedup": (">= 3x", lambda f: f["matrix_speedup"] >= 3),
+}
+
+
+def _write(settings: Settings, figures: dict) -> Path:
+    reports = paths.lab_dir(settings.name).reports
+    reports.mkdir(parents=True, exist_ok=True)
+    figures["goals"] = {k: {"goal": g, "met": bool(check(figures))} for k, (g, check) in GOALS.items()}
+    path = reports / "bench.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    return path
+
+
+def _print(figures: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"lab.bench {figures['target']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    for key, value in figures.items():
+        if key in ("goals", "target", "name"):
+            continue
+        goal = figures["goals"].get(key)
+        if goal is None:
+            mark = ""
+        else:
+            mark = f"[green]{goal['goal']} met[/]" if goal["met"] else f"[red]{goal['goal']} not met[/]"
+        table.add_row(key, str(value), mark)
+    console.print(table)

@@ -1,0 +1,123 @@
+"""The verify runner's control flow: whatever fails mid-fix, the fix is reverted and the record
+written. A scripted stand-in replaces the SSH connection here because a failure at an exact step
+cannot be provoked on demand in a real VM; the real path is covered by test_e2e_vm.py, and the
+outputs below are the ones recorded from a real run (fixtures/verify-bookworm.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from labtest import make_facts, make_settings
+
+from lab import lifecycle, paths, render, verify
+from lab.errors import LabError
+from lab.remote import CommandResult
+
+RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json").read_text())
+RECORDED = {s["id"]: s for s in RECORD["steps"]}
+
+
+class ScriptedRemote:
+    """Answers each step with the output recorded for it; can fail at one step on purpose."""
+
+    def __init__(self, fail_at: str | None = None, revert_fails: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+        self.revert_fails = revert_fails
+
+    def __enter__(self) -> ScriptedRemote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, command: str, *, as_root: bool = False, stdin: str | None = None, timeout: float | None = None,
+            step: str = "") -> CommandResult:
+        self.calls.append(step)
+        if step == self.fail_at:
+            raise LabError(f"the SSH connection to lab test dropped during step {step!r}")
+        restored = step.startswith("baseline-restored")
+        key = "baseline" + step.removeprefix("baseline-restored") if restored else step
+        recorded = RECORDED.get(key, {"exit_code": 0, "stdout": "", "stderr": ""})
+        code = recorded["exit_code"]
+        if self.revert_fails and step == self.revert_fails:
+            code = 1
+        return CommandResult(command=command, user="root" if as_root else "labadmin", exit_code=code,
+                             stdout=recorded["stdout"], stderr=recorded["stderr"], seconds=0.01, guest_seconds=0.005)
+
+
+@pytest.fixture
+def lab_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, target="bookworm")
+    lab = paths.lab_dir(s.name)
+    render.write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
+    return s, lab
+
+
+def use(monkeypatch: pytest.MonkeyPatch, remote: ScriptedRemote) -> None:
+    monkeypatch.setattr(lifecycle, "connect", lambda settings: remote)
+
+
+def test_recorded_run_replays_to_the_same_verdict(lab_here, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, lab = lab_here
+    remote = ScriptedRemote()
+    use(monkeypatch, remote)
+    assert verify.run(s) is True
+    record = json.loads((lab.reports / "verify.json").read_text())
+    assert [f["observed"] for f in record["fixes"]] == ["failing", "running", "running", "failing"]
+    assert record["restored"] is True
+
+
+def test_a_drop_during_a_fix_still_reverts_it_and_writes_the_record(lab_here, monkeypatch) -> None:
+    s, lab = lab_here
+    remote = ScriptedRemote(fail_at="cgm:start")
+    use(monkeypatch, remote)
+    with pytest.raises(LabError, match="dropped during step 'cgm:start'"):
+        verify.run(s)
+    after = remote.calls[remote.calls.index("cgm:start") + 1:]
+    assert after[:2] == ["cgm:stop", "cgm:revert"], after
+    record = json.loads((lab.reports / "verify.json").read_text())
+    assert record["ok"] is False and "cgm:start" in record["error"]
+    assert any(st["id"] == "cgm:revert" for st in record["steps"])
+
+
+def test_a_failed_revert_fails_the_run(lab_here, monkeypatch) -> None:
+    s, lab = lab_here
+    use(monkeypatch, ScriptedRemote(revert_fails="pam-cgfs:revert"))
+    assert verify.run(s) is False
+    record = json.loads((lab.reports / "verify.json").read_text())
+    cgfs = next(f for f in record["fixes"] if f["id"] == "pam-cgfs")
+    assert cgfs["reverted"] is False and cgfs["ok"] is False
+
+
+def test_preflight_reverts_every_fix_first(lab_here, monkeypatch) -> None:
+    s, _ = lab_here
+    remote = ScriptedRemote()
+    use(monkeypatch, remote)
+    verify.run(s, only=("cgm",))
+    assert remote.calls[:4] == [f"preflight:{f}:revert" for f in ("pam-systemd", "pam-cgfs", "cgm", "systemd-run")]
+    assert "pam-cgfs:start" not in remote.calls
+
+
+def test_unknown_fix_is_refused_before_connecting(lab_here, monkeypatch) -> None:
+    s, _ = lab_here
+    remote = ScriptedRemote()
+    use(monkeypatch, remote)
+    with pytest.raises(LabError, match="no fix 'nope'"):
+        verify.run(s, only=("nope",))
+    assert remote.calls == []
+
+
+def test_step_mode_q_stops_and_restores(lab_here, monkeypatch) -> None:
+    s, lab = lab_here
+    remote = ScriptedRemote()
+    use(monkeypatch, remote)
+    answers = iter(["", "q"])
+    monkeypatch.setattr(verify.console, "input", lambda prompt="": next(answers))
+    assert verify.run(s, step_mode=True) is False
+    assert "baseline:start" in remote.calls and "pam-systemd:start" not in remote.calls
+    record = json.loads((lab.reports / "verify.json").read_text())
+    assert record["stopped"] is True
