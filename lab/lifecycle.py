@@ -121,6 +121,11 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
     lab = paths.lab_dir(settings.name)
     paths.remember_current(settings.name)
     _clear_orphans(settings, lab, provider)
+    done = lab.root / UP_COMPLETE
+    if _machine_id(settings, lab, provider).exists() and not done.exists():
+        console.info("an earlier lab.up of this lab did not finish: removing what it left, then starting over")
+        destroy(settings)
+    done.unlink(missing_ok=True)
     render_lab(settings, probe_network=True)
     facts = json.loads((lab.root / "facts.json").read_text())
     if (settings.box.endswith(".box") or not settings.box) and facts["box_name"] not in machine.box_names():
@@ -153,6 +158,7 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
         with console.step("snapshot of the provisioned VM (for lab.reset)", "libvirt to save disk and memory",
                           verbose):
             libvirt_host.snapshot_baseline(domain_name(settings))
+    done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
                  f"next: invoke lab.verify")
 
@@ -172,12 +178,16 @@ def reset(settings: Settings) -> float:
     return time.monotonic() - started
 
 
+UP_COMPLETE = "up-complete"
+
+
+def _machine_id(settings: Settings, lab: paths.LabDir, provider: str) -> Path:
+    return lab.root / ".vagrant" / "machines" / domain_name(settings) / provider / "id"
+
+
 def _clear_orphans(settings: Settings, lab: paths.LabDir, provider: str) -> None:
     """A domain named after the lab that Vagrant no longer knows (interrupted up) blocks the next up."""
-    if provider != "libvirt":
-        return
-    machine_id = lab.root / ".vagrant" / "machines" / domain_name(settings) / "libvirt" / "id"
-    if machine_id.exists():
+    if provider != "libvirt" or _machine_id(settings, lab, provider).exists():
         return
     removed = libvirt_host.cleanup(domain_name(settings), domain_name(settings))
     if removed:
@@ -220,6 +230,7 @@ def ssh(settings: Settings, command: str | None = None) -> None:
     argv = ["ssh", "-i", str(lab.private_key), "-p", str(ep.port), "-o", f"UserKnownHostsFile={lab.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{ep.user}@{ep.host}"]
     if command:
+        argv[1:1] = ["-o", "BatchMode=yes"]
         argv.append(command)
     os.execvp("ssh", argv)
 
@@ -242,4 +253,5 @@ def destroy(settings: Settings) -> list[str]:
         removed += libvirt_host.cleanup(domain_name(settings), domain_name(settings))
     shutil.rmtree(lab.root / ".vagrant", ignore_errors=True)
     lab.known_hosts.unlink(missing_ok=True)
+    (lab.root / UP_COMPLETE).unlink(missing_ok=True)
     return removed

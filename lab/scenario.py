@@ -35,10 +35,11 @@ class StepRecord:
 
     @classmethod
     def from_result(cls, id: str, title: str, result: CommandResult, expected: str, started: float,
-                    why: str = "", ok: bool | None = None, note: str = "", shown: str | None = None) -> StepRecord:
+                    why: str = "", ok: bool | None = None, note: str = "", shown: str | None = None,
+                    user: str | None = None) -> StepRecord:
         if ok is None:
             ok = result.succeeded if expected == "succeed" else result.failed
-        return cls(id=id, title=title, command=shown or result.command, user=result.user, expected=expected,
+        return cls(id=id, title=title, command=shown or result.command, user=user or result.user, expected=expected,
                    exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
                    seconds=round(result.seconds, 4),
                    guest_seconds=None if result.guest_seconds is None else round(result.guest_seconds, 4),

@@ -39,9 +39,11 @@ class Run:
              quiet: bool = False) -> scenario.StepRecord:
         started = time.monotonic() - self.began
         if not quiet:
-            self.live.before(id, title, shown or command, "root" if as_root else self.settings.admin_user, why)
+            self.live.before(id, title, shown or command, self.settings.admin_user, why)
         result = self.remote.run(command, as_root=as_root, stdin=stdin, step=id)
-        record = scenario.StepRecord.from_result(id, title, result, expected, started, why=why, ok=ok, shown=shown)
+        # the admin types every command; root's steps are shown as the `sudo bash script` they are
+        record = scenario.StepRecord.from_result(id, title, result, expected, started, why=why, ok=ok, shown=shown,
+                                                 user=self.settings.admin_user)
         self.steps.append(record)
         if not quiet:
             self.live.after(record)

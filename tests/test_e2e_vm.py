@@ -23,6 +23,8 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
 HYBRID = {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running", "cgm": "running",
           "systemd-run": "failing"}
+UNIFIED = {"baseline": "unlimited", "pam-systemd": "unlimited", "pam-cgfs": "failing", "cgm": "running",
+           "systemd-run": "running"}
 
 
 def invoke(cwd: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -38,6 +40,18 @@ def invoke(cwd: Path, *args: str, timeout: float = 3600) -> subprocess.Completed
 def virsh(*args: str) -> str:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
                           timeout=60, check=False).stdout
+
+
+def processes_in(directory: Path) -> list[str]:
+    """Processes whose working directory is the lab's (Vagrant runs there)."""
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc_dir / "cwd")) == directory:
+                found.append((proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return found
 
 
 def leftovers(name: str) -> list[str]:
@@ -84,7 +98,8 @@ def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> N
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     print("".join(seen[-20:]))
-    assert proc.returncode != 0, "an interrupted up must not report success"
+    assert proc.returncode == 130, "an interrupted up must say so (exit 130)"
+    assert processes_in(workdir / ".lab" / name) == [], "the interrupted up must stop the Vagrant it started"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cgroup-lab" / "boxes"
     assert not list(cache.glob(".build-*")), "no half-built box may stay in the cache"
     result = invoke(workdir, "lab.up", "--target", "bookworm", "--name", name)
@@ -126,6 +141,46 @@ def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str
     assert result.returncode == 0
     record = json.loads((workdir / ".lab" / name / "reports" / "verify.json").read_text())
     assert [f["id"] for f in record["fixes"]] == ["cgm"]
+
+
+@pytest.fixture(scope="module")
+def unified_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
+    name = "e2e-unified"
+    try:
+        yield workdir, name
+    finally:
+        invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+
+
+def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tuple[Path, str]) -> None:
+    """bookworm-unified comes up next to the running bookworm lab, verifies its own matrix, and
+    destroying it leaves the other lab running."""
+    workdir, first = bookworm_lab
+    _, second = unified_lab
+    assert invoke(workdir, "lab.up", "--target", "bookworm-unified", "--name", second).returncode == 0
+    nets = {n: virsh("net-dumpxml", f"lab-{n}") for n in (first, second)}
+    subnet = {n: x.split("address='")[1].split("'")[0] for n, x in nets.items()}
+    assert subnet[first] != subnet[second]
+    result = invoke(workdir, "lab.verify", "--name", second, timeout=1200)
+    assert result.returncode == 0
+    record = json.loads((workdir / ".lab" / second / "reports" / "verify.json").read_text())
+    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    assert observed == UNIFIED
+    assert invoke(workdir, "lab.destroy", "--name", second, timeout=600).returncode == 0
+    assert leftovers(second) == []
+    assert "running" in virsh("domstate", f"lab-{first}")
+    assert invoke(workdir, "lab.verify", "--name", first, "--fix", "pam-cgfs", timeout=900).returncode == 0
+
+
+def test_reset_returns_to_the_provisioned_state(bookworm_lab: tuple[Path, str]) -> None:
+    workdir, name = bookworm_lab
+    marker = invoke(workdir, "lab.ssh", "--name", name, "--command", "touch /tmp/lab-reset-marker")
+    assert marker.returncode == 0
+    result = invoke(workdir, "lab.reset", "--name", name, timeout=900)
+    assert result.returncode == 0
+    gone = invoke(workdir, "lab.ssh", "--name", name, "--command", "test ! -e /tmp/lab-reset-marker")
+    assert gone.returncode == 0, "the file made after the snapshot must be gone after the reset"
+    assert invoke(workdir, "lab.verify", "--name", name, "--fix", "cgm", timeout=900).returncode == 0
 
 
 def test_destroy_leaves_nothing_and_twice_is_fine(bookworm_lab: tuple[Path, str]) -> None:

@@ -98,7 +98,7 @@ class Target:
 def _fix(raw: dict, default_id: str = "") -> Fix:
     raw = dict(raw)
     raw.setdefault("id", default_id)
-    raw.setdefault("title", "baseline: the command as the admin types it, no fix")
+    raw.setdefault("title", "the command as the admin types it, no fix")
     raw["expected"] = Outcome(raw["expected"])
     for key in ("signature", "pam_lines"):
         raw[key] = tuple(raw.get(key, ()))
