@@ -147,6 +147,20 @@ class Remote:
             self._client = client
             return
 
+    def transport(self) -> paramiko.Transport:
+        """The live transport, reconnecting (with the same host key checks) when it has gone."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            self.close()
+            self.connect()
+            assert self._client is not None
+            transport = self._client.get_transport()
+            assert transport is not None
+        return transport
+
     def run(self, command: str, *, as_root: bool = False, stdin: str | None = None,
             timeout: float | None = None, step: str = "") -> CommandResult:
         """Run one command as the admin (or as root through sudo -n); never waits past timeout."""

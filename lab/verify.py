@@ -18,6 +18,7 @@ from lab.errors import LabError
 from lab.live import Live
 from lab.remote import Remote
 from lab.settings import Settings
+from lab.shell import Shell
 from lab.targets import Fix, Outcome
 
 
@@ -33,6 +34,18 @@ class Run:
     live: Live
     began: float = field(default_factory=time.monotonic)
     steps: list[scenario.StepRecord] = field(default_factory=list)
+    shells: dict[bool, Shell] = field(default_factory=dict)
+
+    def shell(self, as_root: bool) -> Shell:
+        """One persistent bash per identity: the admin's, and root's through sudo."""
+        if as_root not in self.shells:
+            self.shells[as_root] = Shell(self.remote, as_root=as_root, user=self.settings.admin_user,
+                                         label=f"lab {self.settings.name}")
+        return self.shells[as_root]
+
+    def close(self) -> None:
+        for shell in self.shells.values():
+            shell.close()
 
     def step(self, id: str, title: str, command: str, *, as_root: bool = False, stdin: str | None = None,
              expected: str = "succeed", why: str = "", shown: str | None = None, ok: bool | None = None,
@@ -40,7 +53,7 @@ class Run:
         started = time.monotonic() - self.began
         if not quiet:
             self.live.before(id, title, shown or command, self.settings.admin_user, why)
-        result = self.remote.run(command, as_root=as_root, stdin=stdin, step=id)
+        result = self.shell(as_root).run(command, stdin=stdin, step=id, timeout=self.settings.command_timeout)
         # the admin types every command; root's steps are shown as the `sudo bash script` they are
         record = scenario.StepRecord.from_result(id, title, result, expected, started, why=why, ok=ok, shown=shown,
                                                  user=self.settings.admin_user)
@@ -89,6 +102,7 @@ def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False)
                 record["error"] = str(exc)
                 raise
             finally:
+                r.close()
                 record["steps"] = [scenario.as_dict(s) for s in r.steps]
     finally:
         record["seconds"] = round(time.monotonic() - wall_start, 3)

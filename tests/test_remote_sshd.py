@@ -26,6 +26,7 @@ import pytest
 from lab.errors import LabError
 from lab.keys import ensure_keypair
 from lab.remote import MARKER, CommandResult, Endpoint, Remote
+from lab.shell import Shell
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -436,3 +437,52 @@ def test_unknown_key_is_refused_quickly(sshd: Sshd, tmp_path: Path, known_hosts:
         r.connect()
     assert "refused" in info.value.message and f"{sshd.user}@127.0.0.1:{sshd.port}" in info.value.message
     assert time.monotonic() - started < 5
+
+
+# --- 10. the persistent shell verify uses ----------------------------------------------------------
+
+@pytest.mark.integration
+@needs_sshd
+def test_persistent_shell_frames_each_command(remote: Remote) -> None:
+    shell = Shell(remote, as_root=False, user=remote.endpoint.user, label="the test sshd")
+    try:
+        first = shell.run("printf 'no newline'; echo oops >&2; exit 4")
+        assert (first.exit_code, first.stdout, first.stderr) == (4, "no newline", "oops\n")
+        assert first.guest_seconds is not None and 0 <= first.guest_seconds <= first.seconds
+        # a command that reads stdin must not swallow the next command
+        reader = shell.run("cat; echo after")
+        assert reader.stdout == "after\n"
+        script = shell.run("ignored", stdin="x=$((6*7))\necho \"$x\"\nexit 0\n")
+        assert script.stdout == "42\n" and script.exit_code == 0
+        echo = shell.run("echo $$")
+        assert shell.run("echo $$").stdout != echo.stdout  # each command in its own bash -c
+        times = [shell.run("true").seconds for _ in range(20)]
+        print(f"persistent shell: median {statistics.median(times) * 1000:.1f} ms per command")
+    finally:
+        shell.close()
+
+
+@pytest.mark.integration
+@needs_sshd
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo is not installed here")
+def test_root_shell_runs_through_sudo(remote: Remote) -> None:
+    shell = Shell(remote, as_root=True, user=remote.endpoint.user)
+    try:
+        assert shell.run("id -u").stdout == "0\n"
+        assert shell.user == "root"
+    finally:
+        shell.close()
+
+
+@pytest.mark.integration
+@needs_sshd
+def test_persistent_shell_timeout_then_recovers(remote: Remote) -> None:
+    shell = Shell(remote, as_root=False, user=remote.endpoint.user)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LabError, match="did not finish within 1s during step 'hang'"):
+            shell.run("sleep 30", timeout=1, step="hang")
+        assert time.monotonic() - started < 5
+        assert shell.run("echo back").stdout == "back\n"
+    finally:
+        shell.close()

@@ -57,8 +57,22 @@ def lab_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return s, lab
 
 
+class ScriptedShell:
+    """Stands in for lab.shell.Shell: the same run() signature, answered by ScriptedRemote."""
+
+    def __init__(self, remote: ScriptedRemote, as_root: bool) -> None:
+        self.remote, self.as_root = remote, as_root
+
+    def run(self, command: str, *, stdin: str | None = None, timeout: float = 300, step: str = "") -> CommandResult:
+        return self.remote.run(command, as_root=self.as_root, stdin=stdin, step=step)
+
+    def close(self) -> None:
+        return None
+
+
 def use(monkeypatch: pytest.MonkeyPatch, remote: ScriptedRemote) -> None:
     monkeypatch.setattr(lifecycle, "connect", lambda settings: remote)
+    monkeypatch.setattr(verify, "Shell", lambda source, as_root, user, label: ScriptedShell(remote, as_root))
 
 
 def test_recorded_run_replays_to_the_same_verdict(lab_here, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,103 @@
+"""A long-lived bash on one SSH channel: many commands, no new channel, PAM session or sudo each.
+
+Opening an SSH channel costs a login session in the guest (PAM, logind), which on TCG is
+~0.1 s per command; verify runs ~40 commands, so a persistent shell (one as the admin, one
+`sudo bash` as root) keeps the overhead to a few milliseconds per command. Each command is framed
+by a random token: the shell prints the token, the exit code and the guest-side seconds on stdout
+and the token on stderr when the command is done, so both streams are cut exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import shlex
+import time
+import uuid
+
+import paramiko
+
+from lab.errors import LabError
+from lab.remote import CommandResult
+
+NOW = "${EPOCHREALTIME:-$(date +%s.%N)}"
+
+
+def frame(command: str, token: str, stdin: str | None = None) -> str:
+    """The text sent to the shell for one command."""
+    if stdin is not None:
+        body = f"bash -s <<'{token}_IN'\n{stdin.rstrip(chr(10))}\n{token}_IN\n"
+    else:
+        body = f"bash -c {shlex.quote(command)} </dev/null\n"
+    return (
+        f"__s={NOW}\n{body}__rc=$?\n__e={NOW}\n"
+        f"printf '\\n{token} %s %s\\n' \"$__rc\" \"$(awk -v s=\"$__s\" -v e=\"$__e\" "
+        f"'BEGIN {{ printf \"%.6f\", e - s }}')\"\n"
+        f"printf '\\n{token}\\n' >&2\n"
+    )
+
+
+class Shell:
+    """One bash (as the SSH user, or as root through `sudo -n`) kept open over one channel."""
+
+    def __init__(self, transport_source: object, *, as_root: bool, user: str, label: str = "the lab") -> None:
+        self._source = transport_source  # a lab.remote.Remote: gives the (re)connected transport
+        self.as_root = as_root
+        self.user = "root" if as_root else user
+        self.label = label
+        self._channel: paramiko.Channel | None = None
+
+    def _open(self) -> paramiko.Channel:
+        transport = self._source.transport()  # type: ignore[attr-defined]
+        channel = transport.open_session(timeout=30)
+        channel.exec_command("sudo -n bash --noprofile --norc" if self.as_root else "bash --noprofile --norc")
+        return channel
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def run(self, command: str, *, stdin: str | None = None, timeout: float = 300, step: str = "") -> CommandResult:
+        token = "__LAB_" + uuid.uuid4().hex
+        started = time.monotonic()
+        what = f" during step {step!r}" if step else ""
+        try:
+            if self._channel is None or self._channel.closed:
+                self._channel = self._open()
+            self._channel.sendall(frame(command, token, stdin).encode())
+            out, err = self._read_until(self._channel, token, started + timeout)
+        except TimeoutError:
+            self.close()  # the hung command goes with its shell; the next call opens a new one
+            raise LabError(f"command did not finish within {timeout:.0f}s{what}: {command[:200]}",
+                           hint="raise command_timeout if the guest is just slow") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise LabError(f"the SSH connection to {self.label} dropped{what} ({type(exc).__name__}: {exc})",
+                           hint=f"command: {command[:200]}; check the VM with: invoke lab.status") from None
+        m = re.search(rf"\n{token} (-?\d+) ([0-9.]+)\n", out)
+        assert m is not None
+        return CommandResult(command=command, user=self.user, exit_code=int(m.group(1)),
+                             stdout=out[: m.start()], stderr=err[: err.index(f"\n{token}\n")],
+                             seconds=time.monotonic() - started, guest_seconds=float(m.group(2)))
+
+    @staticmethod
+    def _read_until(channel: paramiko.Channel, token: str, deadline: float) -> tuple[str, str]:
+        out, err = bytearray(), bytearray()
+        out_end = re.compile(rf"\n{token} -?\d+ [0-9.]+\n".encode())
+        err_end = f"\n{token}\n".encode()
+        while not (out_end.search(out) and err_end in err):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            select.select([channel], [], [], min(remaining, 1.0))
+            got = False
+            while channel.recv_ready():
+                out += channel.recv(65536)
+                got = True
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+                got = True
+            if not got and (channel.closed or channel.exit_status_ready()):
+                raise EOFError("the shell ended before the command finished")
+        return out.decode(errors="replace"), err.decode(errors="replace")
