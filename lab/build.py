@@ -29,6 +29,7 @@ from lab.targets import Target
 
 RECIPE_VERSION = "1"  # bump when the build steps change in a way the hashed inputs do not show
 DISK_SIZE_MB = 4096
+DEBIAN_BUILD_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.ext4", "qemu-img", "packer", "qemu-system-x86_64")
 VAGRANT_KEYS = Path("/usr/share/rubygems-integration/all/gems")
 
 
@@ -124,7 +125,10 @@ def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box
         console.info(f"[green]✓[/] box for {target.name} is cached ({box.path}, key {box.key}); "
                      "nothing to build (use --force to rebuild)")
         return box
-    if not target.buildable_here and target.box_builder == "iso":
+    if target.box_builder == "mmdebstrap":
+        require_tools(*DEBIAN_BUILD_TOOLS)
+    else:
+        require_tools("packer")
         _check_iso_reachable(settings)
     boxes_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-{box.key}-", dir=boxes_dir()))
@@ -170,7 +174,6 @@ def remove_build_dir(work: Path) -> None:
 
 
 def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
-    require_tools("mmdebstrap", "sfdisk", "mkfs.ext4", "qemu-img", "packer", "qemu-system-x86_64")
     target = settings.target_data
     inputs = build_inputs(settings)
     write_files(work, {"rootfs-hook.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"]})
@@ -241,7 +244,6 @@ def _check_iso_reachable(settings: Settings) -> None:
 
 
 def _build_iso(settings: Settings, work: Path, verbose: bool) -> Path:
-    require_tools("packer")
     from lab.packer_trusty import build_trusty
 
     return build_trusty(settings, work, verbose)

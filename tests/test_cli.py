@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,58 @@ def test_destroy_without_a_lab_is_fine(tmp_path: Path) -> None:
     result = invoke(tmp_path, "lab.destroy")
     assert result.returncode == 0
     assert "no lab to destroy" in result.stdout
+
+
+def bare_path(tmp_path: Path) -> str:
+    """A PATH with python and the basic commands, but none of the lab's tools."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("env", "sh", "bash", "uname", "id"):
+        src = shutil.which(tool)
+        if src:
+            (bin_dir / tool).symlink_to(src)
+    return str(bin_dir)
+
+
+def test_doctor_names_every_missing_tool_with_a_hint(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "lab.doctor", "--target", "bookworm", env={"PATH": bare_path(tmp_path)})
+    assert result.returncode == 1
+    for tool, hint in (("vagrant", "apt-get install vagrant"), ("mmdebstrap", "apt-get install mmdebstrap"),
+                       ("packer", "apt-get install packer"), ("virsh", "apt-get install libvirt-clients")):
+        line = next((ln for ln in result.stdout.splitlines() if f" {tool} " in ln), "")
+        assert "not found" in line and hint in line, (tool, result.stdout)
+    assert "cannot be brought up" in result.stdout
+
+
+@pytest.mark.integration
+def test_doctor_passes_on_this_host(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "lab.doctor", "--target", "bookworm")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ready to bring the lab up" in result.stdout
+    assert "kvm" in result.stdout and "accelerator" in result.stdout
+
+
+def test_build_without_tools_says_which_before_any_work(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = invoke(tmp_path, "lab.build", "--target", "bookworm",
+                    env={"PATH": bare_path(tmp_path), "XDG_CACHE_HOME": str(cache)})
+    assert_clean_refusal(result, tmp_path, "mmdebstrap is not installed", "apt-get install mmdebstrap")
+    assert not cache.exists(), "nothing may be created before the tools are there"
+
+
+def test_up_without_vagrant_says_so_before_any_work(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "lab.up", "--target", "bookworm", env={"PATH": bare_path(tmp_path)})
+    assert_clean_refusal(result, tmp_path, "vagrant is not installed", "apt-get install vagrant")
+
+
+def test_trusty_build_refuses_when_the_iso_does_not_answer(tmp_path: Path) -> None:
+    """The ISO URL points at a closed port on loopback (no traffic leaves the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = invoke(tmp_path, "lab.build", "--target", "trusty",
+                    env={"LAB_ISO_URL": f"http://127.0.0.1:{port}/ubuntu-14.04.6-server-amd64.iso",
+                         "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert_clean_refusal(result, tmp_path, "cannot be built here", "local box")
