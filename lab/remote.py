@@ -21,7 +21,7 @@ import paramiko
 from lab.errors import LabError
 
 MARKER = "__LAB_GUEST_SECONDS__"
-MARKER_RE = re.compile(rf"\n?{MARKER} ([0-9.]+)\n?$")
+MARKER_RE = re.compile(rf"\n?{MARKER} (\d+)\n?$")
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,11 @@ class Endpoint:
 
 
 def timed(command: str) -> str:
-    """Wrap a command so the guest prints its own duration as the last stderr line."""
-    now = "${EPOCHREALTIME:-$(date +%s.%N)}"
+    """Wrap a command so the guest prints its own duration (microseconds) as the last stderr line."""
+    now = "${EPOCHREALTIME:-$(date +%s.%6N)}"
     return (
         f"s={now}; bash -c {shlex.quote(command)}; rc=$?; e={now}; "
-        f"awk -v s=\"$s\" -v e=\"$e\" 'BEGIN {{ printf \"\\n{MARKER} %.6f\\n\", e - s }}' >&2; "
-        "exit $rc"
+        f"printf '\\n{MARKER} %s\\n' \"$(( ${{e/./}} - ${{s/./}} ))\" >&2; exit $rc"
     )
 
 
@@ -67,7 +66,7 @@ def split_marker(stderr: str) -> tuple[str, float | None]:
     m = MARKER_RE.search(stderr)
     if not m:
         return stderr, None
-    return stderr[: m.start()], float(m.group(1))
+    return stderr[: m.start()], int(m.group(1)) / 1e6
 
 
 class Remote:
