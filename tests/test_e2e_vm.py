@@ -67,13 +67,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
-@pytest.fixture(scope="module")
-def bookworm_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
-    name = "e2e-bookworm"
+def destroyed_after(workdir: Path, name: str) -> Iterator[tuple[Path, str]]:
+    """Hand the lab to the tests; destroy it afterwards whatever happened."""
     try:
         yield workdir, name
     finally:
         invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def bookworm_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
+    yield from destroyed_after(workdir, "e2e-bookworm")
 
 
 def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> None:
@@ -145,11 +149,7 @@ def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str
 
 @pytest.fixture(scope="module")
 def unified_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
-    name = "e2e-unified"
-    try:
-        yield workdir, name
-    finally:
-        invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+    yield from destroyed_after(workdir, "e2e-unified")
 
 
 def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tuple[Path, str]) -> None:
