@@ -186,6 +186,6 @@ def test_reset_returns_to_the_provisioned_state(bookworm_lab: tuple[Path, str]) 
 def test_destroy_leaves_nothing_and_twice_is_fine(bookworm_lab: tuple[Path, str]) -> None:
     workdir, name = bookworm_lab
     assert leftovers(name), "the lab should exist before destroy"
-    assert invoke(workdir, "lab.destroy", timeout=600).returncode == 0
+    assert invoke(workdir, "lab.destroy", "--name", name, timeout=600).returncode == 0
     assert leftovers(name) == []
     assert invoke(workdir, "lab.destroy", "--name", name, timeout=600).returncode == 0
