@@ -4,7 +4,6 @@ red line and a non-zero exit code (2 for usage errors, 1 when verification fails
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -173,8 +172,7 @@ def destroy(c, target=None, name=None):
             return
         from lab import settings
 
-        s = settings.load(environ={k: v for k, v in os.environ.items() if not k.startswith("LAB_")},
-                          flags={"target": target, "name": name})
+        s = settings.load(flags={"target": target, "name": name})
     removed = lifecycle.destroy(s)
     console.info(f"[green]✓[/] lab {s.name} destroyed" + (f": {', '.join(removed)}" if removed else ""))
     if paths.state_root().joinpath(paths.CURRENT).exists() and paths.current_name() == s.name:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from lab.console import console
 from lab.remote import CommandResult
-from lab.scenario import Observation, StepRecord, cgroup_lines, fill, verdict_words
+from lab.scenario import Observation, StepRecord, cgroup_lines, verdict_words
 from lab.settings import Settings
 from lab.targets import Fix, Outcome
 
@@ -110,4 +110,3 @@ class Live:
             console.print(f"[bold green]✓ every step met its expectation[/] ({record['seconds']:.1f}s)")
         else:
             console.print(f"[bold red]✗ some step did not meet its expectation[/] ({record['seconds']:.1f}s)")
-        _ = fill  # re-exported for reports
