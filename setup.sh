@@ -18,5 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# Without udev, /dev/kvm stays root:root 0600; libvirt then re-probes qemu on every call (about a
+# minute per domain define). Give it what udev's default rule gives it.
+if [ -e /dev/kvm ] && [ ! -e /run/udev/control ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "setup: done ($(vagrant --version), $(packer version | head -n 1), python $(python3 -V | cut -d' ' -f2))"

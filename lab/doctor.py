@@ -59,6 +59,11 @@ def checks(settings: Settings, provider: str) -> list[Check]:
                            "apt-get install vagrant-libvirt"))
         found.append(_tool("virsh", "apt-get install libvirt-clients libvirt-daemon-system", version_args=("-v",)))
         up = libvirt_host.reachable()
+        slow = libvirt_host.kvm_node_needs_fixing()
+        found.append(Check("/dev/kvm access", not slow,
+                           "libvirt-qemu cannot open it: libvirt re-probes qemu on every call (~1 min per define)"
+                           if slow else "fine", "chgrp kvm /dev/kvm && chmod 660 /dev/kvm (lab.up does it as root)",
+                           required=False))
         found.append(Check("libvirtd", up or shutil.which("libvirtd") is not None,
                            "answers" if up else "installed, not running (lab.up starts it)" if shutil.which("libvirtd")
                            else "not installed", "apt-get install libvirt-daemon-system"))

@@ -3,6 +3,7 @@ network address, and cleaning up exactly the domain, volume and network named af
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shutil
@@ -40,8 +41,36 @@ def systemd_is_init() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
+KVM_NODE = Path("/dev/kvm")
+
+
+def kvm_node_needs_fixing() -> bool:
+    """/dev/kvm exists but the qemu user cannot open it (udev would make it root:kvm 0660).
+
+    libvirt then finds KVM at probe time (as root) but "not available now" (as libvirt-qemu) and
+    throws its capability cache away on every call: each domain define or snapshot revert
+    re-probes qemu for about a minute."""
+    if not KVM_NODE.exists():
+        return False
+    st = KVM_NODE.stat()
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return False
+    return not (st.st_gid == kvm_gid and st.st_mode & 0o060 == 0o060)
+
+
+def ensure_kvm_node() -> None:
+    """On hosts without udev, give /dev/kvm the owner and mode udev's default rule gives it."""
+    if kvm_node_needs_fixing() and os.geteuid() == 0 and not Path("/run/udev/control").exists():
+        os.chown(KVM_NODE, 0, grp.getgrnam("kvm").gr_gid)
+        os.chmod(KVM_NODE, 0o660)
+        console.info("set /dev/kvm to root:kvm 0660, as udev would (libvirt re-probes qemu on every call otherwise)")
+
+
 def ensure_daemons() -> None:
     """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1."""
+    ensure_kvm_node()
     if reachable():
         return
     if systemd_is_init():
