@@ -8,6 +8,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import junitparser
 import pytest
 
 from lab.report import cast, fix_rows, is_plumbing, junit, markdown, redact, story_steps, write_reports
@@ -214,3 +215,20 @@ def test_write_reports_from_verify_json_alone(record: dict, tmp_path: Path) -> N
     assert first["transcript.md"] == markdown.render(record)
     ET.fromstring(first["junit.xml"])
     assert not list(reports.glob("*.tmp"))
+
+
+def test_junit_reads_in_a_junit_consumer(record: dict) -> None:
+    """junitparser reads JUnit XML the way CI systems do: suites, cases, results."""
+    xml = junitparser.JUnitXml.fromstring(junit.render(record))
+    suites = list(xml) if isinstance(xml, junitparser.JUnitXml) else [xml]
+    cases = [case for suite in suites for case in suite]
+    assert len(suites) == 1 and suites[0].name == "cgroup-lab.bookworm"
+    assert suites[0].tests == len(cases) and suites[0].failures == 0
+    assert all(case.is_passed for case in cases)
+    start = next(case for case in cases if case.name == "baseline:start")
+    assert start.is_passed, "the expected failure of the baseline is a pass"
+    broken = json.loads(json.dumps(record))
+    next(f for f in broken["fixes"] if f["id"] == "cgm")["ok"] = False
+    bad = junitparser.JUnitXml.fromstring(junit.render(broken))
+    bad_cases = [case for suite in (list(bad) if isinstance(bad, junitparser.JUnitXml) else [bad]) for case in suite]
+    assert [c.name for c in bad_cases if not c.is_passed] == ["cgm"]
