@@ -80,6 +80,28 @@ def bookworm_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
     yield from destroyed_after(workdir, "e2e-bookworm")
 
 
+def test_interrupted_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C during mmdebstrap: no half box, no build directory, no mount left in the cache."""
+    cache = tmp_path / "cache"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAB_")}, "XDG_CACHE_HOME": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.build", "--target", "bookworm"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "mmdebstrap" in line:
+            break
+    time.sleep(15)  # well inside the download/unpack
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    print(out[-3000:])
+    assert proc.returncode == 130
+    boxes = cache / "cgroup-lab" / "boxes"
+    assert not list(boxes.glob(".build-*")) and not list(boxes.glob("*/*.box"))
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(cache) not in mounts
+
+
 def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> None:
     """Ctrl-C while Vagrant creates the VM, then the same command again: it recovers."""
     workdir, name = bookworm_lab
@@ -181,6 +203,19 @@ def test_reset_returns_to_the_provisioned_state(bookworm_lab: tuple[Path, str]) 
     gone = invoke(workdir, "lab.ssh", "--name", name, "--command", "test ! -e /tmp/lab-reset-marker")
     assert gone.returncode == 0, "the file made after the snapshot must be gone after the reset"
     assert invoke(workdir, "lab.verify", "--name", name, "--fix", "cgm", timeout=900).returncode == 0
+
+
+def test_bench_prints_the_figures(bookworm_lab: tuple[Path, str]) -> None:
+    workdir, name = bookworm_lab
+    result = invoke(workdir, "lab.bench", "--target", "bookworm", "--name", name, timeout=2400)
+    assert result.returncode == 0
+    figures = json.loads((workdir / ".lab" / name / "reports" / "bench.json").read_text())
+    for key in ("verify_overhead", "vagrant_ssh_per_command_s", "paramiko_per_command_s", "reset_s",
+                "destroy_up_s", "up_cached_s", "matrix_one_vm_s", "fresh_vm_per_fix_s"):
+        assert isinstance(figures[key], int | float) and figures[key] > 0, key
+        assert key in result.stdout
+    assert set(figures["goals"]) == {"verify_overhead", "ssh_speedup", "reset_speedup", "up_vs_boot",
+                                     "matrix_speedup"}
 
 
 def test_destroy_leaves_nothing_and_twice_is_fine(bookworm_lab: tuple[Path, str]) -> None:
