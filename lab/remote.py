@@ -105,7 +105,7 @@ class Remote:
         """Connect with bounded retries until connect_timeout; a changed host key is never retried."""
         ep = self.endpoint
         deadline = time.monotonic() + self.connect_timeout
-        delay, last = 1.0, "no attempt"
+        delay, last = 0.25, "no attempt"
         attempts = 0
         while True:
             attempts += 1
@@ -137,7 +137,7 @@ class Remote:
                         hint="is the VM running? see: invoke lab.status; raise ssh_timeout if it is just slow",
                     ) from None
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
                 continue
             client.save_host_keys(str(self.known_hosts))
             transport = client.get_transport()
