@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +246,3 @@ def _build_iso(settings: Settings, work: Path, verbose: bool) -> Path:
     from lab.packer_trusty import build_trusty
 
     return build_trusty(settings, work, verbose)
-
-
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")

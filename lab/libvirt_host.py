@@ -161,13 +161,6 @@ def cleanup(domain: str, network: str) -> list[str]:
     return removed
 
 
-def box_volumes(box_name: str) -> list[str]:
-    """Volumes vagrant-libvirt made from a box (named after the box, '/' spelled VAGRANTSLASH)."""
-    prefix = box_name.replace("/", "-VAGRANTSLASH-")
-    vols = virsh("vol-list", POOL).stdout.splitlines()
-    return [line.split()[0] for line in vols[2:] if line.strip() and line.split()[0].startswith(prefix)]
-
-
 BASELINE_SNAPSHOT = "lab-baseline"
 
 

@@ -75,10 +75,3 @@ def box_add(name: str, box_file: Path, timeout: float, on_line: Callable[[str], 
     proc.run([exe, "box", "add", "--force", "--name", name, str(box_file)], step="vagrant box add",
              timeout=timeout, waiting_for="the box to be unpacked into ~/.vagrant.d", on_line=on_line,
              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
-
-
-def box_remove(name: str, timeout: float = 300) -> None:
-    exe = vagrant.get_vagrant_executable()
-    if exe:
-        proc.run([exe, "box", "remove", "--force", "--all", name], step="vagrant box remove", timeout=timeout,
-                 check=False)

@@ -7,7 +7,6 @@ literal); settings were validated against strict patterns before, so quoting is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import tempfile
@@ -168,10 +167,3 @@ def write_files(out: Path, files: dict[str, str]) -> list[Path]:
             raise
         written.append(path)
     return written
-
-
-def digest(files: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(rel.encode() + b"\0" + files[rel].encode() + b"\0")
-    return h.hexdigest()
