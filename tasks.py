@@ -75,9 +75,7 @@ def _existing(target: str | None, name: str | None) -> Any:
     from lab import lifecycle, settings
 
     if name is None and target is not None:
-        name = settings.get_target(target).name if target in settings.all_targets() else None
-        if name is None:
-            settings.load(environ={}, flags={"target": target})  # raises the clear setting error
+        name = settings.CHECKS["target"]("target", target, "--target")  # a target's default lab name is its own
     if name is not None:
         settings.CHECKS["name"]("name", name, "--name")
     return lifecycle.load_lab(name)

@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import vagrant
-
-from lab import libvirt_host, lifecycle, paths, verify
+from lab import libvirt_host, lifecycle, paths, tools, verify
 from lab.console import console
 from lab.errors import LabError
 from lab.settings import Settings
@@ -33,9 +31,7 @@ def timed(fn: Callable[..., object], *args: object) -> tuple[float, object]:
 
 def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
     lab = paths.lab_dir(settings.name)
-    exe = vagrant.get_vagrant_executable()
-    if not exe:
-        raise LabError("vagrant is not installed")
+    exe = tools.vagrant_exe()
     found = []
     for _ in range(samples):
         started = time.monotonic()

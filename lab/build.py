@@ -19,10 +19,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import accel, console, proc
+from lab import accel, console, proc, tools
 from lab.errors import LabError, ToolMissing
+from lab.files import write_files
 from lab.paths import PROJECT_DIR, cache_dir
-from lab.render import environment, write_files
+from lab.render import environment
 from lab.settings import Settings
 from lab.targets import Target
 
@@ -48,7 +49,7 @@ def vagrant_insecure_keys() -> tuple[Path, Path]:
         if private.is_file() and public.is_file():
             return private, public
     raise ToolMissing("Vagrant's insecure key pair was not found (is vagrant installed?)",
-                      hint="apt-get install vagrant")
+                      hint=tools.hint("vagrant"))
 
 
 def _template(name: str, **ctx: object) -> str:
@@ -100,16 +101,6 @@ def cached_box(settings: Settings) -> Box:
     return Box(path=path, name=f"cgroup-lab/{target.name}-{key}", key=key)
 
 
-def require_tools(*tools: str) -> None:
-    hints = {"mmdebstrap": "apt-get install mmdebstrap", "packer": "apt-get install packer",
-             "sfdisk": "apt-get install fdisk", "mkfs.ext4": "apt-get install e2fsprogs",
-             "qemu-img": "apt-get install qemu-utils", "qemu-system-x86_64": "apt-get install qemu-system-x86",
-             "vagrant": "apt-get install vagrant vagrant-libvirt"}
-    for tool in tools:
-        if not shutil.which(tool):
-            raise ToolMissing(f"{tool} is not installed", hint=hints.get(tool, "see: invoke lab.doctor"))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,9 +116,9 @@ def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box
                      "nothing to build (use --force to rebuild)")
         return box
     if target.box_builder == "mmdebstrap":
-        require_tools(*DEBIAN_BUILD_TOOLS)
+        tools.require(*DEBIAN_BUILD_TOOLS)
     else:
-        require_tools("packer")
+        tools.require("packer")
         _check_iso_reachable(settings)
     boxes_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-{box.key}-", dir=boxes_dir()))

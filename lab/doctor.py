@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from lab import accel, libvirt_host
+from lab import accel, libvirt_host, tools
 from lab.console import console
 from lab.settings import Settings
 
@@ -34,7 +34,8 @@ def url_answers(url: str, timeout: float = 5.0) -> tuple[bool, str]:
         return False, str(getattr(exc, "reason", exc))
 
 
-def _tool(name: str, hint: str, required: bool = True, version_args: tuple[str, ...] = ("--version",)) -> Check:
+def _tool(name: str, required: bool = True, version_args: tuple[str, ...] = ("--version",)) -> Check:
+    hint = tools.hint(name)
     path = shutil.which(name)
     if not path:
         return Check(name, False, "not found", hint, required)
@@ -49,15 +50,15 @@ def _tool(name: str, hint: str, required: bool = True, version_args: tuple[str, 
 
 def checks(settings: Settings, provider: str) -> list[Check]:
     target = settings.target_data
-    found = [_tool("vagrant", "apt-get install vagrant")]
+    found = [_tool("vagrant")]
     if provider == "libvirt":
         plugins = ""
         if shutil.which("vagrant"):
             plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=120,
                                      check=False).stdout
         found.append(Check("vagrant-libvirt", "vagrant-libvirt" in plugins, plugins.strip() or "not installed",
-                           "apt-get install vagrant-libvirt"))
-        found.append(_tool("virsh", "apt-get install libvirt-clients libvirt-daemon-system", version_args=("-v",)))
+                           tools.hint("vagrant-libvirt")))
+        found.append(_tool("virsh", version_args=("-v",)))
         up = libvirt_host.reachable()
         slow = libvirt_host.kvm_node_needs_fixing()
         found.append(Check("/dev/kvm access", not slow,
@@ -66,26 +67,26 @@ def checks(settings: Settings, provider: str) -> list[Check]:
                            required=False))
         found.append(Check("libvirtd", up or shutil.which("libvirtd") is not None,
                            "answers" if up else "installed, not running (lab.up starts it)" if shutil.which("libvirtd")
-                           else "not installed", "apt-get install libvirt-daemon-system"))
+                           else "not installed", tools.hint("libvirtd")))
     else:
-        found.append(_tool("VBoxManage", "install VirtualBox (virtualbox.org)"))
+        found.append(_tool("VBoxManage"))
     needs_build = not settings.box
     if needs_build:
-        found.append(_tool("packer", "apt-get install packer", version_args=("version",)))
+        found.append(_tool("packer", version_args=("version",)))
         if target.box_builder == "mmdebstrap":
-            found.append(_tool("mmdebstrap", "apt-get install mmdebstrap"))
-            found.append(_tool("sfdisk", "apt-get install fdisk"))
-            found.append(_tool("mkfs.ext4", "apt-get install e2fsprogs", version_args=("-V",)))
-            found.append(_tool("qemu-img", "apt-get install qemu-utils"))
+            found.append(_tool("mmdebstrap"))
+            found.append(_tool("sfdisk"))
+            found.append(_tool("mkfs.ext4", version_args=("-V",)))
+            found.append(_tool("qemu-img"))
     if provider == "libvirt" or needs_build:
-        found.append(_tool("qemu-system-x86_64", "apt-get install qemu-system-x86"))
+        found.append(_tool("qemu-system-x86_64"))
         kvm_ok, kvm_detail = accel.probe("kvm")
         found.append(Check("kvm", kvm_ok, kvm_detail + ("" if kvm_ok else "; TCG will be used (slower)"),
                            "check /dev/kvm and the CPU's virtualisation flags", required=False))
         tcg_ok, tcg_detail = accel.probe("tcg")
         found.append(Check("accelerator", kvm_ok or tcg_ok, "kvm" if kvm_ok else tcg_detail,
-                           "apt-get install qemu-system-x86"))
-    found.append(_tool("shellcheck", "apt-get install shellcheck (tests only)", required=False))
+                           tools.hint("qemu-system-x86_64")))
+    found.append(_tool("shellcheck", required=False))
     if target.family == "trusty" and needs_build:
         for label, url in (("ubuntu archive", f"{settings.ubuntu_mirror}/dists/trusty/Release"),
                            ("old-releases", f"{settings.ubuntu_old_mirror}/dists/trusty/Release"),

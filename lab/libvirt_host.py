@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import console
+from lab import console, tools
 from lab.errors import LabError, ToolMissing
 
 URI = "qemu:///system"
@@ -21,7 +21,7 @@ POOL_PATH = "/var/lib/libvirt/images"
 
 def virsh(*args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
     if not shutil.which("virsh"):
-        raise ToolMissing("virsh is not installed", hint="apt-get install libvirt-clients libvirt-daemon-system")
+        raise ToolMissing("virsh is not installed", hint=tools.hint("virsh"))
     try:
         result = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
                                 check=False)
@@ -81,7 +81,7 @@ def ensure_daemons() -> None:
     for daemon in ("virtlogd", "libvirtd"):
         path = Path("/usr/sbin") / daemon
         if not path.exists():
-            raise ToolMissing(f"{daemon} is not installed", hint="apt-get install libvirt-daemon-system")
+            raise ToolMissing(f"{daemon} is not installed", hint=tools.hint(daemon))
         running = subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0
         if not running:
             console.info(f"starting {daemon} (no systemd on this host)")

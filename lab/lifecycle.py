@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import accel, build, console, libvirt_host, machine, paths, render
+from lab import accel, build, console, libvirt_host, machine, paths, proc, render, tools
 from lab.errors import LabError, ToolMissing
+from lab.files import write_files
 from lab.keys import ensure_keypair
 from lab.remote import Endpoint, Remote
 from lab.settings import Settings, from_json
@@ -58,10 +59,24 @@ def facts_for(settings: Settings, lab: paths.LabDir, provider: str, probe_networ
                            public_key=public_key, network_octet=octet)
 
 
+FACTS = "facts.json"
+
+
+def load_facts(lab: paths.LabDir) -> render.LabFacts:
+    """The facts lab.up rendered the lab with (provider, box, network), as it saved them."""
+    try:
+        return render.LabFacts(**json.loads((lab.root / FACTS).read_text()))
+    except FileNotFoundError:
+        raise LabError(f"lab {lab.name} has not been rendered ({lab.root / FACTS} is missing)",
+                       hint="run: invoke lab.up") from None
+    except (ValueError, TypeError) as exc:
+        raise LabError(f"{lab.root / FACTS} is damaged ({exc})", hint="run: invoke lab.up") from None
+
+
 def _saved_octet(lab: paths.LabDir) -> int | None:
     try:
-        return int(json.loads((lab.root / "facts.json").read_text())["network_octet"])
-    except (OSError, ValueError, KeyError):
+        return load_facts(lab).network_octet
+    except LabError:
         return None
 
 
@@ -72,8 +87,8 @@ def render_lab(settings: Settings, out: Path | None = None, probe_network: bool 
     facts = facts_for(settings, lab, provider, probe_network)
     files = render.render_all(settings, facts)
     files["settings.json"] = settings.to_json() + "\n"
-    files["facts.json"] = json.dumps(facts.__dict__, indent=2, sort_keys=True) + "\n"
-    render.write_files(lab.root, files)
+    files[FACTS] = json.dumps(facts.__dict__, indent=2, sort_keys=True) + "\n"
+    write_files(lab.root, files)
     return lab.root
 
 
@@ -91,16 +106,14 @@ def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settin
 
 def require_provider(provider: str) -> None:
     if provider == "libvirt":
-        build.require_tools("vagrant")
-        if not shutil.which("virsh"):
-            raise ToolMissing("libvirt is not installed", hint="apt-get install libvirt-daemon-system libvirt-clients")
-        out = machine.proc.run(["vagrant", "plugin", "list"], step="vagrant plugin list", timeout=120).output
+        tools.require("vagrant", "virsh")
+        out = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120).output
         if "vagrant-libvirt" not in out:
-            raise ToolMissing("the vagrant-libvirt plugin is missing", hint="apt-get install vagrant-libvirt")
+            raise ToolMissing("the vagrant-libvirt plugin is missing", hint=tools.hint("vagrant-libvirt"))
         libvirt_host.ensure_daemons()
         libvirt_host.ensure_pool()
-    elif not shutil.which("VBoxManage"):
-        raise ToolMissing("VirtualBox (VBoxManage) is not installed", hint="install VirtualBox 5.x or newer")
+    else:
+        tools.require("VBoxManage")
 
 
 def vagrant_for(lab: paths.LabDir, timeout: float, waiting: str,
@@ -127,17 +140,17 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
         destroy(settings)
     done.unlink(missing_ok=True)
     render_lab(settings, probe_network=True)
-    facts = json.loads((lab.root / "facts.json").read_text())
-    if (settings.box.endswith(".box") or not settings.box) and facts["box_name"] not in machine.box_names():
-        with console.step(f"vagrant box add {facts['box_name']}", "the box to be unpacked", verbose) as out:
-            machine.box_add(facts["box_name"], Path(facts["box_url"]), timeout=900, on_line=out)
+    facts = load_facts(lab)
+    if (settings.box.endswith(".box") or not settings.box) and facts.box_name not in machine.box_names():
+        with console.step(f"vagrant box add {facts.box_name}", "the box to be unpacked", verbose) as out:
+            machine.box_add(facts.box_name, Path(facts.box_url), timeout=900, on_line=out)
     stages = target.provision
-    ids = render.context(settings, render.LabFacts(**facts))["stages"]
+    ids = render.context(settings, facts)["stages"]
     up_timeout = settings.boot_timeout + 1800
     for i, (stage, rendered) in enumerate(zip(stages, ids, strict=True)):
         names = [s["id"] for s in rendered["scripts"]]
         if i == 0:
-            title = (f"vagrant up {domain_name(settings)} ({provider}, {facts['libvirt_driver']}), "
+            title = (f"vagrant up {domain_name(settings)} ({provider}, {facts.libvirt_driver}), "
                      f"provision {stage.stage}")
             waiting = ("the box upload into libvirt's pool (first time only, ~2 min), the boot (~1 min on TCG), "
                        "SSH and provisioning")
@@ -214,7 +227,7 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
     host, port = conf.get("HostName"), conf.get("Port", "22")
     if not host:
         raise LabError(f"Vagrant knows no address for {domain_name(settings)}", hint="is it running? invoke lab.status")
-    render.write_files(lab.root, {ENDPOINT: json.dumps({"host": host, "port": int(port)}) + "\n"})
+    write_files(lab.root, {ENDPOINT: json.dumps({"host": host, "port": int(port)}) + "\n"})
     return Endpoint(host=host, port=int(port), user=settings.admin_user, key_file=lab.private_key)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import vagrant
 
-from lab import proc
-from lab.errors import LabError, ToolMissing
+from lab import proc, tools
+from lab.errors import LabError
 
 
 class LabVagrant(vagrant.Vagrant):
@@ -26,8 +26,7 @@ class LabVagrant(vagrant.Vagrant):
         env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1",
                "VAGRANT_DEFAULT_PROVIDER": os.environ.get("VAGRANT_DEFAULT_PROVIDER", "libvirt")}
         super().__init__(root=str(root), env=env)
-        if not vagrant.get_vagrant_executable():
-            raise ToolMissing("vagrant is not installed", hint="apt-get install vagrant vagrant-libvirt")
+        tools.vagrant_exe()
         self.timeout = timeout
         self.on_line = on_line
         self.step = step
@@ -56,10 +55,8 @@ class LabVagrant(vagrant.Vagrant):
 
 def box_names(timeout: float = 120) -> set[str]:
     """Boxes Vagrant already has (name only)."""
-    exe = vagrant.get_vagrant_executable()
-    if not exe:
-        raise ToolMissing("vagrant is not installed", hint="apt-get install vagrant vagrant-libvirt")
-    result = proc.run([exe, "box", "list", "--machine-readable"], step="vagrant box list", timeout=timeout)
+    result = proc.run([tools.vagrant_exe(), "box", "list", "--machine-readable"], step="vagrant box list",
+                      timeout=timeout)
     names = set()
     for line in result.output.splitlines():
         parts = line.split(",")
@@ -69,9 +66,6 @@ def box_names(timeout: float = 120) -> set[str]:
 
 
 def box_add(name: str, box_file: Path, timeout: float, on_line: Callable[[str], None] | None = None) -> None:
-    exe = vagrant.get_vagrant_executable()
-    if not exe:
-        raise ToolMissing("vagrant is not installed", hint="apt-get install vagrant vagrant-libvirt")
-    proc.run([exe, "box", "add", "--force", "--name", name, str(box_file)], step="vagrant box add",
+    proc.run([tools.vagrant_exe(), "box", "add", "--force", "--name", name, str(box_file)], step="vagrant box add",
              timeout=timeout, waiting_for="the box to be unpacked into ~/.vagrant.d", on_line=on_line,
              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.files import write_files
 from lab.settings import IDENT
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -69,11 +70,7 @@ def lab_dir(name: str, project_dir: Path | None = None) -> LabDir:
 
 def remember_current(name: str, project_dir: Path | None = None) -> None:
     """Record the lab that lab.up brought up last, for verify/status/ssh/destroy."""
-    root = state_root(project_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{CURRENT}.tmp"
-    tmp.write_text(name + "\n", encoding="utf-8")
-    tmp.replace(root / CURRENT)
+    write_files(state_root(project_dir), {CURRENT: name + "\n"})
 
 
 def current_name(project_dir: Path | None = None) -> str:

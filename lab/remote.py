@@ -62,6 +62,16 @@ def timed(command: str) -> str:
     )
 
 
+def command_failed(exc: BaseException, command: str, step: str, timeout: float, label: str) -> LabError:
+    """The one wording for a command that timed out or lost its connection (exec or shell)."""
+    what = f" during step {step!r}" if step else ""
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return LabError(f"command did not finish within {timeout:.0f}s{what}: {command[:200]}",
+                        hint="raise command_timeout if the guest is just slow")
+    return LabError(f"the SSH connection to {label} dropped{what} ({type(exc).__name__}: {exc})",
+                    hint=f"command: {command[:200]}; check the VM with: invoke lab.status")
+
+
 def split_marker(stderr: str) -> tuple[str, float | None]:
     m = MARKER_RE.search(stderr)
     if not m:
@@ -189,12 +199,7 @@ class Remote:
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()
-            what = f" during step {step!r}" if step else ""
-            if isinstance(exc, socket.timeout | TimeoutError):
-                raise LabError(f"command did not finish within {timeout:.0f}s{what}: {command[:200]}",
-                               hint="raise command_timeout if the guest is just slow") from None
-            raise LabError(f"the SSH connection to {self.label} dropped{what} ({type(exc).__name__}: {exc})",
-                           hint=f"command: {command[:200]}; check the VM with: invoke lab.status") from None
+            raise command_failed(exc, command, step, timeout, self.label) from None
         seconds = time.monotonic() - started
         stderr, guest = split_marker(err)
         return CommandResult(command=command, user="root" if as_root else self.endpoint.user,

@@ -7,13 +7,11 @@ literal); settings were validated against strict patterns before, so quoting is 
 
 from __future__ import annotations
 
-import os
 import shlex
-import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import jinja2
 
@@ -148,22 +146,3 @@ def render_all(settings: Settings, facts: LabFacts) -> dict[str, str]:
         for phase in _fix_phases(fix):
             files[fix_script_name(fix, phase)] = render_fix(settings, fix, phase, facts)
     return files
-
-
-def write_files(out: Path, files: dict[str, str]) -> list[Path]:
-    """Write each file atomically (temp name + rename); scripts get mode 0755."""
-    written = []
-    for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o755 if rel.endswith(".sh") else 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
-    return written

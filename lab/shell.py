@@ -17,8 +17,7 @@ import uuid
 
 import paramiko
 
-from lab.errors import LabError
-from lab.remote import CommandResult
+from lab.remote import CommandResult, command_failed
 
 NOW = "${EPOCHREALTIME:-$(date +%s.%6N)}"  # bash >= 5 has it built in: no fork to read the clock
 
@@ -60,20 +59,14 @@ class Shell:
     def run(self, command: str, *, stdin: str | None = None, timeout: float = 300, step: str = "") -> CommandResult:
         token = "__LAB_" + uuid.uuid4().hex
         started = time.monotonic()
-        what = f" during step {step!r}" if step else ""
         try:
             if self._channel is None or self._channel.closed:
                 self._channel = self._open()
             self._channel.sendall(frame(command, token, stdin).encode())
             out, err = self._read_until(self._channel, token, started + timeout)
-        except TimeoutError:
-            self.close()  # the hung command goes with its shell; the next call opens a new one
-            raise LabError(f"command did not finish within {timeout:.0f}s{what}: {command[:200]}",
-                           hint="raise command_timeout if the guest is just slow") from None
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            self.close()
-            raise LabError(f"the SSH connection to {self.label} dropped{what} ({type(exc).__name__}: {exc})",
-                           hint=f"command: {command[:200]}; check the VM with: invoke lab.status") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:  # TimeoutError is an OSError
+            self.close()  # a hung command goes with its shell; the next call opens a new one
+            raise command_failed(exc, command, step, timeout, self.label) from None
         m = re.search(rf"\n{token} (-?\d+) (\d+)\n", out)
         assert m is not None
         return CommandResult(command=command, user=self.user, exit_code=int(m.group(1)),

@@ -15,6 +15,7 @@ from pathlib import Path
 from lab import lifecycle, paths, render, scenario
 from lab.console import console
 from lab.errors import LabError
+from lab.files import write_files
 from lab.live import Live
 from lab.remote import Remote
 from lab.settings import Settings
@@ -81,7 +82,7 @@ def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False)
     target = settings.target_data
     fixes = [target.fix(f) for f in (only or settings.fix_ids)]
     lab = paths.lab_dir(settings.name)
-    facts = render.LabFacts(**json.loads((lab.root / "facts.json").read_text()))
+    facts = lifecycle.load_facts(lab)
     live = Live(settings, step_mode=step_mode)
     record: dict = {"target": settings.target, "provider": facts.provider, "name": settings.name,
                     "title": target.title, "cgroup_layout": target.cgroup_layout,
@@ -204,11 +205,7 @@ def _try_fix(r: Run, fix: Fix, label: str | None = None, announce: str = "") -> 
 
 
 def _write(lab: paths.LabDir, record: dict) -> Path:
-    lab.reports.mkdir(parents=True, exist_ok=True)
-    path = lab.reports / "verify.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    [path] = write_files(lab.reports, {"verify.json": json.dumps(record, indent=2) + "\n"})
     try:
         from lab.report import write_reports
 

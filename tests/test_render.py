@@ -10,6 +10,7 @@ import pytest
 from labtest import make_facts, make_settings
 
 from lab import render
+from lab.files import write_files
 
 
 def test_sh_and_rb_quote_hostile_text() -> None:
@@ -73,7 +74,7 @@ def test_unified_target_uses_cgroup2_limit(tmp_path: Path) -> None:
 
 
 def test_write_files_is_atomic_and_sets_modes(tmp_path: Path) -> None:
-    written = render.write_files(tmp_path, {"a/x.sh": "echo\n", "Vagrantfile": "x\n"})
+    written = write_files(tmp_path, {"a/x.sh": "echo\n", "Vagrantfile": "x\n"})
     assert [p.name for p in written] == ["x.sh", "Vagrantfile"]
     assert (tmp_path / "a/x.sh").stat().st_mode & 0o111
     assert not (tmp_path / "Vagrantfile").stat().st_mode & 0o111

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import render, settings
+from lab.files import write_files
 from lab.paths import PROJECT_DIR
 
 PACKER_TEMPLATE = PROJECT_DIR / "packer" / "trusty.pkr.hcl"
@@ -48,7 +49,7 @@ def files(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def written(tmp_path: Path, files: dict[str, str]) -> Path:
     out = tmp_path / "lab"
-    render.write_files(out, files)
+    write_files(out, files)
     return out
 
 

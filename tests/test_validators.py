@@ -16,6 +16,7 @@ import pytest
 from labtest import make_facts, make_settings
 
 from lab import build, render
+from lab.files import write_files
 from lab.paths import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ TARGETS = ["trusty", "bookworm", "bookworm-unified"]
 def rendered(tmp_path: Path, target: str, provider: str = "libvirt") -> Path:
     s = make_settings(tmp_path, target=target)
     out = tmp_path / target
-    render.write_files(out, render.render_all(s, make_facts(provider=provider)))
+    write_files(out, render.render_all(s, make_facts(provider=provider)))
     return out
 
 
@@ -81,7 +82,7 @@ def test_shellcheck_build_scripts(tmp_path: Path) -> None:
     s = make_settings(tmp_path, target="bookworm")
     inputs = build.build_inputs(s)
     files = {"rootfs.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"]}
-    render.write_files(tmp_path, files)
+    write_files(tmp_path, files)
     result = subprocess.run(["shellcheck", "-s", "bash", *(str(tmp_path / f) for f in files)], capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from labtest import make_facts, make_settings
 
-from lab import lifecycle, paths, render, verify
+from lab import lifecycle, paths, verify
 from lab.errors import LabError
+from lab.files import write_files
 from lab.remote import CommandResult
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json").read_text())
@@ -53,7 +54,7 @@ def lab_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     s = make_settings(tmp_path, target="bookworm")
     lab = paths.lab_dir(s.name)
-    render.write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
+    write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
     return s, lab
 
 

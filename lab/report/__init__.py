@@ -10,6 +10,7 @@ from typing import Any
 
 from lab import paths
 from lab.errors import LabError
+from lab.files import write_files
 
 Renderer = Callable[[dict], str]
 
@@ -101,11 +102,7 @@ def write_reports(name: str, formats: Iterable[str] | None = None, project_dir: 
         if fmt not in available:
             raise LabError(f"unknown report format {fmt!r}", hint=f"one of: {', '.join(available)}")
         filename, renderer = available[fmt]
-        path = paths.lab_dir(name, project_dir).reports / filename
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(renderer(record), encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
+        written += write_files(paths.lab_dir(name, project_dir).reports, {filename: renderer(record)})
     return written
 
 
