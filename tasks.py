@@ -1,9 +1,10 @@
-"""invoke tasks: a thin shell over lab/. Parse flags, call one function, turn LabError into one
-red line and a non-zero exit code (2 for usage errors, 1 when verification fails)."""
+"""invoke tasks: a thin shell over lab/. Parse flags, call one function, turn a LabError into one
+red line and its exit code (README, "Exit codes")."""
 
 from __future__ import annotations
 
 import functools
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -14,13 +15,14 @@ from invoke import Collection, Exit, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import console
-from lab.errors import LabError
+from lab.core import console
+from lab.core.errors import LabError
 
 FLAG_HELP = {
     "target": "target to use: trusty, bookworm or bookworm-unified (lab.toml: target)",
+    "scenario": "a shipped scenario id (see lab.scenarios) or a scenario folder (lab.toml: scenario)",
     "provider": "virtualbox, libvirt or auto (lab.toml: provider)",
-    "name": "lab name, default the target's name; state lives in .lab/NAME/",
+    "name": "lab name, default <scenario>-<target>; state lives in .lab/NAME/",
     "config": "settings file to read instead of ./lab.toml",
     "verbose": "print every line the tools print",
 }
@@ -31,7 +33,7 @@ def flags(*keys: str, **extra: str) -> dict[str, str]:
     return {**{k: FLAG_HELP[k] for k in keys}, **extra}
 
 
-LAB_FLAGS = ("target", "provider", "name", "config")
+LAB_FLAGS = ("target", "scenario", "provider", "name", "config")
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -39,7 +41,8 @@ def _interrupted(signum: int, frame: object) -> None:
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """LabError -> one red line and its exit code; Ctrl-C or SIGTERM -> exit 130 after cleanup ran.
+    """LabError -> one red line per problem and its exit code; Ctrl-C or SIGTERM -> exit 130 after
+    the cleanup ran.
 
     SIGINT and SIGTERM are handled explicitly: a shell starts background jobs with SIGINT ignored,
     and Python's default SIGTERM would exit without stopping the Vagrant or Packer we started."""
@@ -51,31 +54,35 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LabError as exc:
-            console.error(exc.message)
+            problems = getattr(exc, "problems", None)
+            for line in [str(p) for p in problems] if problems else [exc.message]:
+                console.error(line)
             if exc.hint:
                 console.err_console.print(f"  [dim]hint: {exc.hint}[/]")
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            console.error("interrupted; what was started has been stopped")
+            console.error("interrupted; the processes this command started were stopped")
             raise Exit(code=130) from None
 
     return wrapper
 
 
-def _settings(target: str | None = None, provider: str | None = None, name: str | None = None,
-              config: str | None = None) -> Any:
-    from lab import settings
+def _settings(target: str | None = None, scenario: str | None = None, provider: str | None = None,
+              name: str | None = None, config: str | None = None) -> Any:
+    from lab.config import settings
 
     return settings.load(config=Path(config) if config else None,
-                         flags={"target": target, "provider": provider, "name": name})
+                         flags={"target": target, "scenario": scenario, "provider": provider, "name": name})
 
 
-def _existing(target: str | None, name: str | None) -> Any:
-    """The lab to act on: --name, else the default name of --target, else the last one brought up."""
-    from lab import lifecycle, settings
+def _existing(target: str | None, name: str | None, scenario: str | None = None) -> Any:
+    """The lab to act on: --name, else the default name of --target (and --scenario), else the one
+    brought up last in this checkout."""
+    from lab.config import settings
+    from lab.machine import lifecycle
 
-    if name is None and target is not None:
-        name = settings.CHECKS["target"]("target", target, "--target")  # a target's default lab name is its own
+    if name is None and (target is not None or scenario is not None):
+        name = _settings(target=target, scenario=scenario).name
     if name is not None:
         settings.CHECKS["name"]("name", name, "--name")
     return lifecycle.load_lab(name)
@@ -83,130 +90,191 @@ def _existing(target: str | None, name: str | None) -> Any:
 
 @task(help=flags(*LAB_FLAGS, out="directory to write into (default .lab/NAME/)"))
 @guarded
-def render(c, target=None, provider=None, name=None, config=None, out=None):
-    """Write the Vagrantfile and provisioning scripts for a lab, without starting anything."""
-    from lab import lifecycle
+def render(c, target=None, scenario=None, provider=None, name=None, config=None, out=None):
+    """Write the Vagrantfile and every script of a lab, without starting anything."""
+    from lab.machine import lifecycle
 
-    s = _settings(target, provider, name, config)
+    s = _settings(target, scenario, provider, name, config)
     where = lifecycle.render_lab(s, Path(out) if out else None)
-    console.info(f"[green]✓[/] rendered lab {s.name} (target {s.target}) into {where}")
+    console.info(f"[green]✓[/] rendered lab {s.name} (scenario {s.scenario_data.id}, target {s.target}) into {where}")
 
 
 @task(help=flags(*LAB_FLAGS))
 @guarded
-def doctor(c, target=None, provider=None, name=None, config=None):
+def doctor(c, target=None, scenario=None, provider=None, name=None, config=None):
     """Check the host tools the chosen target needs, with an install hint for each missing one."""
-    from lab import doctor as doc
+    from lab.machine import doctor as doc
 
-    s = _settings(target, provider, name, config)
-    if not doc.report(s):
+    if not doc.report(_settings(target, scenario, provider, name, config)):
         raise Exit(code=1)
 
 
 @task(help=flags(*LAB_FLAGS, "verbose", force="rebuild even when the cache has the box"))
 @guarded
-def build(c, target=None, provider=None, name=None, config=None, force=False, verbose=False):
-    """Build the target's base box (mmdebstrap + Packer, or Packer from the ISO) into the cache."""
-    from lab import build as b
+def build(c, target=None, scenario=None, provider=None, name=None, config=None, force=False, verbose=False):
+    """Build the box for the target and the scenario's packages (mmdebstrap + Packer, or the ISO)."""
+    from lab.images.build import build as build_box
 
-    b.build(_settings(target, provider, name, config), force=force, verbose=verbose)
+    build_box(_settings(target, scenario, provider, name, config), force=force, verbose=verbose)
 
 
 @task(help=flags(*LAB_FLAGS, "verbose", rebuild="rebuild the box even when it is cached"))
 @guarded
-def up(c, target=None, provider=None, name=None, config=None, verbose=False, rebuild=False):
-    """Build the box if needed, bring the VM up and provision it; later tasks act on this lab."""
-    from lab import lifecycle
+def up(c, target=None, scenario=None, provider=None, name=None, config=None, verbose=False, rebuild=False):
+    """Check the scenario, build the box if needed, bring the VM up, provision, take the baseline."""
+    from lab.machine import lifecycle
+    from lab.render.check import check
 
-    lifecycle.up(_settings(target, provider, name, config), verbose=verbose, force_build=rebuild)
+    s = _settings(target, scenario, provider, name, config)
+    _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None)
+    if problems:
+        for line in problems:
+            console.error(line)
+        raise Exit(code=2)
+    lifecycle.up(s, verbose=verbose, force_build=rebuild)
 
 
-@task(iterable=["fix"], help={"target": "act on the lab of this target", "name": "act on this lab",
-                              "fix": "run only this fix (repeatable)", "list_fixes": "list the target's fixes",
-                              "step": "pause before each step (Enter goes on, q stops and restores)"})
+@task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
+                              "name": "act on this lab", "fix": "run only this fix (repeatable)",
+                              "list_fixes": "list the scenario's fixes on the lab's target",
+                              "step": "pause before each try (Enter or space goes on, q stops and restores)"})
 @guarded
-def verify(c, target=None, name=None, fix=None, list_fixes=False, step=False):
-    """Show the inherited cgroups, reproduce the failure, try each fix, restore the baseline, report."""
-    from lab import verify as v
+def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False):
+    """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
+    from lab.report import write_reports
+    from lab.run import engine
 
-    s = _existing(target, name)
+    s = _existing(target, name, scenario)
     if list_fixes:
-        v.list_fixes(s)
+        console.info(f"[bold]{s.scenario_data.id}[/] on {s.target} — fixes (expected outcome):")
+        for fix_id, title, expected in engine.list_fixes(s):
+            console.info(f"  [cyan]{fix_id:<14}[/] {title}  [dim]→ {expected}[/]")
         return
-    if not v.run(s, only=tuple(fix or ()), step_mode=step):
+    only = tuple(fix or ())
+    for fix_id in only:
+        s.scenario_data.fix(s.target, fix_id)
+    if not engine.run(s, only=only, step_mode=step, publish=write_reports):
         raise Exit(code=1)
 
 
-@task(help={"target": "the lab of this target", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
 @guarded
-def status(c, target=None, name=None):
-    """Show the lab's VM, domain and Vagrant state."""
-    from lab import lifecycle
+def status(c, target=None, scenario=None, name=None):
+    """Show the lab's scenario, lifecycle phase, domain and Vagrant state."""
+    from lab.machine import lifecycle
 
-    for key, value in lifecycle.status(_existing(target, name)).items():
+    for key, value in lifecycle.status(_existing(target, name, scenario)).items():
         console.info(f"{key:>9}: {value}")
 
 
-@task(help={"target": "the lab of this target", "name": "this lab", "command": "run this instead of a shell"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "command": "run this instead of a shell"})
 @guarded
-def ssh(c, target=None, name=None, command=None):
+def ssh(c, target=None, scenario=None, name=None, command=None):
     """Open an SSH session as the lab's admin (the way the bug's user logged in)."""
-    from lab import lifecycle
+    from lab.machine import lifecycle
 
-    lifecycle.ssh(_existing(target, name), command)
+    lifecycle.ssh(_existing(target, name, scenario), command)
 
 
-@task(help={"target": "the lab of this target", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
 @guarded
-def destroy(c, target=None, name=None):
+def destroy(c, target=None, scenario=None, name=None):
     """Remove the lab's VM, its volumes and its network; running it twice is fine."""
-    from lab import lifecycle, paths
+    from lab.core import paths
+    from lab.machine import lifecycle
 
     try:
-        s = _existing(target, name)
+        s = _existing(target, name, scenario)
     except LabError:
         if name is None and target is None:
             console.info("no lab to destroy")
             return
-        from lab import settings
-
-        s = settings.load(flags={"target": target, "name": name})
+        s = _settings(target=target, scenario=scenario, name=name)
     removed = lifecycle.destroy(s)
     console.info(f"[green]✓[/] lab {s.name} destroyed" + (f": {', '.join(removed)}" if removed else ""))
     if paths.state_root().joinpath(paths.CURRENT).exists() and paths.current_name() == s.name:
         paths.state_root().joinpath(paths.CURRENT).unlink()
 
 
-@task(help={"target": "the lab of this target", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
 @guarded
-def reset(c, target=None, name=None):
-    """Return the lab to its freshly provisioned state from a snapshot (seconds, not a rebuild)."""
-    from lab import lifecycle
+def reset(c, target=None, scenario=None, name=None):
+    """Return the lab to its freshly provisioned state from its baseline snapshot (seconds)."""
+    from lab.machine import lifecycle
 
-    seconds = lifecycle.reset(_existing(target, name))
+    seconds = lifecycle.reset(_existing(target, name, scenario))
     console.info(f"[green]✓[/] lab reset to its baseline snapshot in {seconds:.1f}s")
 
 
 @task(help=flags(*LAB_FLAGS))
 @guarded
-def bench(c, target=None, provider=None, name=None, config=None):
+def bench(c, target=None, scenario=None, provider=None, name=None, config=None):
     """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
-    from lab import bench as b
+    from lab.run import bench as b
 
-    b.run(_settings(target, provider, name, config))
+    b.run(_settings(target, scenario, provider, name, config))
 
 
-@task(help={"target": "the lab of this target", "name": "this lab",
-            "format": "md, junit, json or cast (default: all)"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "format": "md, junit, json or cast (default: all)", "run": "a run directory name (default: latest)"})
 @guarded
-def report(c, target=None, name=None, format=None):
-    """Re-render the reports of the last verify run from verify.json, without a VM."""
-    from lab.report import write_reports
+def report(c, target=None, scenario=None, name=None, format=None, run=None):
+    """Re-render the reports of a verify run from its verify.json, without a VM."""
+    from lab.core import paths
+    from lab.report import latest_run, write_reports
 
-    s = _existing(target, name)
-    for path in write_reports(s.name, formats=(format,) if format else None):
+    s = _existing(target, name, scenario)
+    where = paths.lab_dir(s.name).reports / run if run else latest_run(s.name)
+    for path in write_reports(where, formats=(format,) if format else None):
         console.info(f"[green]✓[/] {path}")
 
 
-lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report)
+@task
+@guarded
+def scenarios(c):
+    """Every shipped scenario: its title, targets and fixes."""
+    from lab.config import scenario as sc
+
+    for sid in sc.shipped():
+        s = sc.load(sid)
+        console.info(f"[bold cyan]{sid}[/]: {s.model.title}")
+        for target in s.target_names:
+            fixes = ", ".join(f.id for f in s.fixes_for(target)) or "no fixes"
+            console.info(f"   {target:<17} {fixes}")
+
+
+@task(help={"scenario": "a shipped scenario id or a folder (default: the settings' scenario)",
+            "target": "check for this target only (default: every target of the scenario)"})
+@guarded
+def check(c, scenario=None, target=None):
+    """Validate a scenario before any VM exists: schema, templates for every target, shellcheck."""
+    from lab.render.check import check as run_check
+
+    ref = scenario or _settings().scenario
+    found, problems = run_check(ref, targets=(target,) if target else ())
+    for line in problems:
+        console.error(line)
+    if problems:
+        raise Exit(code=2)
+    assert found is not None
+    console.info(f"[green]✓[/] scenario {found.id} ({found.folder}) is fine on "
+                 f"{', '.join((target,) if target else found.target_names)}")
+
+
+@task(help={"path": "the folder to create (must not exist)"})
+@guarded
+def new(c, path):
+    """Scaffold a commented scenario folder that checks and verifies on bookworm as it is."""
+    from lab.config.scaffold import scaffold
+
+    where, sid = scaffold(Path(path))
+    console.info(f"[green]✓[/] scenario {sid} created in {where}\n"
+                 f"next: edit {where / 'scenario.toml'}, then\n"
+                 f"  invoke lab.check --scenario {where}\n"
+                 f"  invoke lab.up --scenario {where} --target bookworm lab.verify")
+
+
+lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report,
+                 scenarios, check, new)
 ns = Collection(lab)

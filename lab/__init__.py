@@ -1,7 +1,7 @@
-"""Reproduce the 2015 sudo/lxc cgroup-inheritance bug in a disposable VM.
+"""cgroup-lab: a scenario (a bug, as data) on a target (a release) gives a lab (one VM).
 
-The pipeline: settings -> render -> build -> up -> verify -> report.
-"""
+Packages in pipeline order, each importing only what lies below it: core, config, host, render,
+images, remote, machine, run, report. tasks.py is the thin invoke shell on top."""
 
 import logging
 

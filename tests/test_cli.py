@@ -51,8 +51,9 @@ def test_help_explains_flags(tmp_path: Path) -> None:
     (["lab.render", "--name", "bad name"], {}, ["'name'"]),
     (["lab.render"], {"LAB_CPUS": "lots"}, ["'cpus'", "whole number"]),
     (["lab.render"], {"LAB_MEMORY": "64"}, ["'memory'"]),
-    (["lab.render"], {"LAB_ADMIN_USER": "adm;reboot"}, ["'admin_user'"]),
-    (["lab.render"], {"LAB_CONTAINER_NAME": "x$(id)"}, ["'container_name'"]),
+    (["lab.render"], {"LAB_SCENARIO": "x$(id)"}, ["'scenario'", "unknown scenario"]),
+    (["lab.render", "--scenario", "./nowhere"], {}, ["'scenario'", "--scenario", "no scenario.toml"]),
+    (["lab.render"], {"LAB_ADMIN_USER": "adm;reboot"}, ["LAB_ADMIN_USER"]),
     (["lab.render"], {"LAB_DEBIAN_MIRROR": "file:///etc"}, ["'debian_mirror'"]),
     (["lab.render"], {"LAB_BOX": "/nope/x.box"}, ["'box'", "no such file"]),
     (["lab.render"], {"LAB_FIXES": "cgm,nope"}, ["'fixes'", "nope"]),
@@ -77,7 +78,7 @@ def test_render_writes_the_lab_and_nothing_else(tmp_path: Path) -> None:
     result = invoke(tmp_path, "lab.render", "--target", "trusty", "--out", str(out))
     assert result.returncode == 0, result.stderr
     vf = (out / "Vagrantfile").read_text()
-    assert "'lab-trusty'" in vf
+    assert "'lab-sudo-lxc-cgroups-trusty'" in vf
     scripts = "\n".join(p.read_text() for p in (out / "provision").glob("*.sh"))
     for package in ("lxc", "lxc-templates", "uidmap", "libpam-cgm", "linux-generic-lts-vivid"):
         assert package in scripts

@@ -1,5 +1,5 @@
-"""End to end, nothing faked: build the bookworm box, vagrant up with libvirt (TCG), verify over
-SSH, check the measured matrix and the reports, destroy, and prove nothing is left behind.
+"""End to end, nothing faked: build the bookworm box, vagrant up with libvirt (TCG), verify the seed
+scenario over SSH, check the measured matrix and the reports, destroy, and prove nothing is left.
 
 Marked `vm`; CI runs it. Each lab is destroyed in a finally, even when an assertion fails.
 """
@@ -123,8 +123,10 @@ def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> N
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    print("".join(seen[-20:]))
+    rest = proc.stdout.read()
+    print("".join(seen[-20:]), rest[-3000:])
     assert proc.returncode == 130, "an interrupted up must say so (exit 130)"
+    assert "it left: " in rest, "an interrupted up says exactly what it left"
     assert processes_in(workdir / ".lab" / name) == [], "the interrupted up must stop the Vagrant it started"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cgroup-lab" / "boxes"
     assert not list(cache.glob(".build-*")), "no half-built box may stay in the cache"
@@ -136,11 +138,12 @@ def test_verify_shows_the_measured_matrix(bookworm_lab: tuple[Path, str]) -> Non
     workdir, name = bookworm_lab
     result = invoke(workdir, "lab.verify", timeout=1200)
     assert result.returncode == 0
-    reports = workdir / ".lab" / name / "reports"
+    reports = workdir / ".lab" / name / "reports" / "latest"
     record = json.loads((reports / "verify.json").read_text())
     assert record["ok"] is True and record["target"] == "bookworm" and record["provider"] == "libvirt"
-    assert record["evidence"]["inherited"] is True
-    assert "session-" in record["evidence"]["admin"]
+    assert record["scenario"]["id"] == "sudo-lxc-cgroups"
+    assert record["evidence"][0]["holds"] is True
+    assert "session-" in record["evidence"][0]["columns"][0]["output"]
     observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
     assert observed == HYBRID
     assert record["restored"] is True
@@ -165,7 +168,7 @@ def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str
     workdir, name = bookworm_lab
     result = invoke(workdir, "lab.verify", "--fix", "cgm", timeout=900)
     assert result.returncode == 0
-    record = json.loads((workdir / ".lab" / name / "reports" / "verify.json").read_text())
+    record = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json").read_text())
     assert [f["id"] for f in record["fixes"]] == ["cgm"]
 
 
@@ -185,13 +188,101 @@ def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tu
     assert subnet[first] != subnet[second]
     result = invoke(workdir, "lab.verify", "--name", second, timeout=1200)
     assert result.returncode == 0
-    record = json.loads((workdir / ".lab" / second / "reports" / "verify.json").read_text())
+    record = json.loads((workdir / ".lab" / second / "reports" / "latest" / "verify.json").read_text())
     observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
     assert observed == UNIFIED
     assert invoke(workdir, "lab.destroy", "--name", second, timeout=600).returncode == 0
     assert leftovers(second) == []
     assert "running" in virsh("domstate", f"lab-{first}")
     assert invoke(workdir, "lab.verify", "--name", first, "--fix", "pam-cgfs", timeout=900).returncode == 0
+
+
+def test_another_checkout_cannot_take_the_lab(bookworm_lab: tuple[Path, str], tmp_path: Path) -> None:
+    """Fault 1: a second checkout using the same lab name is refused before any work; the first
+    checkout's VM keeps running."""
+    _, name = bookworm_lab
+    result = invoke(tmp_path, "lab.up", "--target", "bookworm", "--name", name)
+    assert result.returncode == 2
+    assert "belongs to someone else" in result.stderr and "--name" in result.stderr
+    assert "running" in virsh("domstate", f"lab-{name}")
+    assert not (tmp_path / ".lab" / name / ".vagrant").exists()
+
+
+def test_one_actor_per_lab(bookworm_lab: tuple[Path, str]) -> None:
+    """Fault 2: while lab.verify runs, lab.up of the same lab says who holds it within a second."""
+    workdir, name = bookworm_lab
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    busy = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.verify", "--name", name, "--fix",
+                             "cgm"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lock = workdir / ".lab" / name / "lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and b"verify" not in (lock.read_bytes() if lock.exists() else b""):
+            time.sleep(0.1)
+        started = time.monotonic()
+        second = invoke(workdir, "lab.up", "--target", "bookworm", "--name", name)
+        assert time.monotonic() - started < 10
+        assert second.returncode == 4
+        assert "busy: lab.verify" in second.stderr and f"PID {busy.pid}" in second.stderr
+    finally:
+        out, _ = busy.communicate(timeout=900)
+    assert busy.returncode == 0, out[-3000:]
+
+
+def test_up_of_a_lab_that_is_up_keeps_the_baseline(bookworm_lab: tuple[Path, str]) -> None:
+    """Fault 3: lab.up on a running lab does not re-take the snapshot from whatever the VM became."""
+    workdir, name = bookworm_lab
+    poison = "echo '# poisoned' | sudo tee -a /etc/pam.d/sudo >/dev/null && touch /tmp/lab-poison"
+    assert invoke(workdir, "lab.ssh", "--name", name, "--command", poison).returncode == 0
+    again = invoke(workdir, "lab.up", "--target", "bookworm", "--name", name)
+    assert again.returncode == 0 and "nothing re-provisioned" in again.stdout
+    assert invoke(workdir, "lab.reset", "--name", name, timeout=900).returncode == 0
+    clean = invoke(workdir, "lab.ssh", "--name", name, "--command",
+                   "! grep -q poisoned /etc/pam.d/sudo && test ! -e /tmp/lab-poison")
+    assert clean.returncode == 0, "the baseline must not contain what was done after it"
+
+
+def test_verify_of_a_stopped_vm_fails_fast_and_keeps_the_reports(bookworm_lab: tuple[Path, str]) -> None:
+    """Fault 4: verify against a VM that is not running says so in seconds (exit 3) and leaves the
+    last reports alone; lab.up brings the lab back from its baseline."""
+    workdir, name = bookworm_lab
+    reports = workdir / ".lab" / name / "reports"
+    latest = os.readlink(reports / "latest")
+    runs = sorted(p.name for p in reports.iterdir())
+    virsh("destroy", f"lab-{name}")
+    started = time.monotonic()
+    result = invoke(workdir, "lab.verify", "--name", name, timeout=300)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 3 and "shut off" in result.stderr and "lab.up" in result.stderr
+    assert os.readlink(reports / "latest") == latest and sorted(p.name for p in reports.iterdir()) == runs
+    assert invoke(workdir, "lab.up", "--target", "bookworm", "--name", name).returncode == 0
+    assert "running" in virsh("domstate", f"lab-{name}")
+
+
+def test_the_vm_dying_mid_verify_is_a_testbed_failure(bookworm_lab: tuple[Path, str]) -> None:
+    """The VM's qemu killed (by its PID from libvirt) in the middle of verify: exit 3, the latest
+    reports stay, the broken run keeps its own record, and lab.up recovers."""
+    workdir, name = bookworm_lab
+    reports = workdir / ".lab" / name / "reports"
+    latest = os.readlink(reports / "latest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    run = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.verify", "--name", name],
+                           cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert run.stdout is not None
+    for line in run.stdout:
+        if "pam-systemd" in line:
+            break
+    pid = int(Path(f"/run/libvirt/qemu/lab-{name}.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    out = run.stdout.read()
+    run.wait(timeout=600)
+    print(out[-3000:])
+    assert run.returncode == 3
+    assert os.readlink(reports / "latest") == latest
+    broken = [p for p in reports.iterdir() if p.name not in (latest, "latest")
+              and json.loads((p / "verify.json").read_text()).get("error")]
+    assert broken, "the broken run's own record says what happened"
+    assert invoke(workdir, "lab.up", "--target", "bookworm", "--name", name).returncode == 0
 
 
 def test_reset_returns_to_the_provisioned_state(bookworm_lab: tuple[Path, str]) -> None:
@@ -224,3 +315,51 @@ def test_destroy_leaves_nothing_and_twice_is_fine(bookworm_lab: tuple[Path, str]
     assert invoke(workdir, "lab.destroy", "--name", name, timeout=600).returncode == 0
     assert leftovers(name) == []
     assert invoke(workdir, "lab.destroy", "--name", name, timeout=600).returncode == 0
+
+
+def git_state() -> str:
+    """The project's tracked and untracked files as git sees them (a change shows here)."""
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def up_verify_destroy(workdir: Path, name: str, *up_args: str) -> dict:
+    """lab.up, lab.verify, lab.destroy of one lab (destroyed whatever happens); the verify record."""
+    try:
+        assert invoke(workdir, "lab.up", *up_args, "--name", name).returncode == 0
+        verified = invoke(workdir, "lab.verify", "--name", name, timeout=1200)
+        record = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json").read_text())
+        record["exit_code"] = verified.returncode
+        return record
+    finally:
+        invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+        assert leftovers(name) == []
+
+
+# Measured on bookworm-unified (systemd 252): sudo, su and su - cannot reach the user's bus; telling
+# systemctl where it is, -M user@, machinectl shell and an SSH login all can.
+SYSTEMCTL = {"baseline": "no-bus", "su": "no-bus", "su-login": "no-bus", "xdg-env": "works",
+             "machine-flag": "works", "machinectl": "works", "ssh-login": "works"}
+
+
+def test_sudo_systemctl_user_scenario(workdir: Path) -> None:
+    record = up_verify_destroy(workdir, "e2e-systemctl", "--scenario", "sudo-systemctl-user",
+                               "--target", "bookworm-unified")
+    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    assert observed == SYSTEMCTL
+    assert record["ok"] is True and record["exit_code"] == 0
+    assert record["evidence"][0]["holds"] is True, "sudo's environment must lack XDG_RUNTIME_DIR"
+
+
+def test_a_scenario_folder_outside_the_project_verifies(workdir: Path, tmp_path: Path) -> None:
+    """lab.new in a temp dir, lab.check, then up/verify on Debian 12: no file of the project changes."""
+    before = git_state()
+    folder = tmp_path / "my-bug"
+    assert invoke(tmp_path, "lab.new", str(folder)).returncode == 0
+    assert invoke(tmp_path, "lab.check", "--scenario", str(folder)).returncode == 0
+    # bookworm-unified: the box of the systemctl scenario serves (same package set), no extra build
+    record = up_verify_destroy(tmp_path, "e2e-scaffold", "--scenario", str(folder), "--target", "bookworm-unified")
+    assert record["exit_code"] == 0 and record["ok"] is True
+    assert {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]} == {
+        "baseline": "in-admin-session", "ssh-login": "own-slice"}
+    assert git_state() == before

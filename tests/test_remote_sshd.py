@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import LabError
-from lab.keys import ensure_keypair
-from lab.remote import MARKER, CommandResult, Endpoint, Remote
-from lab.shell import Shell
+from lab.core import errors
+from lab.core.errors import LabError
+from lab.remote.keys import ensure_keypair
+from lab.remote.shell import Shell
+from lab.remote.ssh import MARKER, CommandResult, Endpoint, Remote
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -295,7 +296,7 @@ def test_host_key_is_pinned_and_a_changed_key_is_refused_at_once(
 
     r = make_remote(sshd, client_key[0], known_hosts, connect_timeout=60)
     started = time.monotonic()
-    with pytest.raises(LabError) as info:
+    with pytest.raises(errors.TestbedError) as info:
         r.connect()
     took = time.monotonic() - started
     print(f"changed host key refused after {took:.2f}s")
@@ -311,7 +312,7 @@ def test_host_key_is_pinned_and_a_changed_key_is_refused_at_once(
 def connect_to_closed_port(ssh_user: str, key: Path, known_hosts: Path) -> tuple[LabError, float]:
     r = Remote(Endpoint("127.0.0.1", free_port(), ssh_user, key), known_hosts, connect_timeout=3)
     started = time.monotonic()
-    with pytest.raises(LabError) as info:
+    with pytest.raises(errors.TestbedError) as info:
         r.connect()
     took = time.monotonic() - started
     print(f"refused connection, connect_timeout=3: gave up after {took:.2f}s: {info.value.message}")
@@ -364,7 +365,7 @@ def test_stalled_server_is_given_up_on_in_bounded_time(
         r = Remote(Endpoint("127.0.0.1", listener.getsockname()[1], ssh_user, client_key[0]), known_hosts,
                    connect_timeout=5)
         started = time.monotonic()
-        with pytest.raises(LabError) as info:
+        with pytest.raises(errors.TestbedError) as info:
             r.connect()
         took = time.monotonic() - started
         print(f"stalled server given up after {took:.2f}s: {info.value.message}")
@@ -406,7 +407,7 @@ def test_dropped_connection_mid_command_raises_naming_the_step(sshd: Sshd, remot
     print(f"dropped connection noticed {time.monotonic() - killed_at:.2f}s after killing {sessions}; {outcome}")
     assert not thread.is_alive()
     error = outcome.get("error")
-    assert isinstance(error, LabError), outcome
+    assert isinstance(error, errors.TestbedError), outcome  # exit code 3: the testbed, not the bug
     assert "dropped" in error.message and "demo-step" in error.message
 
 
@@ -416,7 +417,7 @@ def test_dropped_connection_mid_command_raises_naming_the_step(sshd: Sshd, remot
 @needs_sshd
 def test_command_timeout_is_enforced(remote: Remote) -> None:
     started = time.monotonic()
-    with pytest.raises(LabError) as info:
+    with pytest.raises(errors.TestbedError) as info:
         remote.run("sleep 20", timeout=2, step="slow-step")
     took = time.monotonic() - started
     assert "did not finish within 2s" in info.value.message and "slow-step" in info.value.message
@@ -433,7 +434,7 @@ def test_unknown_key_is_refused_quickly(sshd: Sshd, tmp_path: Path, known_hosts:
     ensure_keypair(stranger, stranger.with_suffix(".pub"), "stranger")
     r = make_remote(sshd, stranger, known_hosts, connect_timeout=60)
     started = time.monotonic()
-    with pytest.raises(LabError) as info:
+    with pytest.raises(errors.TestbedError) as info:
         r.connect()
     assert "refused" in info.value.message and f"{sshd.user}@127.0.0.1:{sshd.port}" in info.value.message
     assert time.monotonic() - started < 5
@@ -480,7 +481,7 @@ def test_persistent_shell_timeout_then_recovers(remote: Remote) -> None:
     shell = Shell(remote, as_root=False, user=remote.endpoint.user)
     try:
         started = time.monotonic()
-        with pytest.raises(LabError, match="did not finish within 1s during step 'hang'"):
+        with pytest.raises(errors.TestbedError, match="did not finish within 1s during step 'hang'"):
             shell.run("sleep 30", timeout=1, step="hang")
         assert time.monotonic() - started < 5
         assert shell.run("echo back").stdout == "back\n"

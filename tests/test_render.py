@@ -7,16 +7,18 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from labtest import make_facts, make_settings
+from labtest import copy_scenario, make_facts, make_settings
 
-from lab import render
-from lab.files import write_files
+from lab.core.files import write_files
+from lab.render.lab import default_network_octet, provision_plan, render_all
+from lab.render.plan import plan
+from lab.render.templates import environment, rb, sh
 
 
 def test_sh_and_rb_quote_hostile_text() -> None:
     hostile = "x'; rm -rf / #\\ $(id) `id` #{system('id')}"
-    assert shlex.split(render.sh(hostile)) == [hostile]
-    literal = render.rb(hostile)
+    assert shlex.split(sh(hostile)) == [hostile]
+    literal = rb(hostile)
     assert literal.startswith("'") and literal.endswith("'")
     inner = literal[1:-1]
     # inside a Ruby single-quoted literal only \\ and \' are escapes: no bare quote may remain
@@ -26,50 +28,72 @@ def test_sh_and_rb_quote_hostile_text() -> None:
 
 def test_strict_undefined_refuses_missing_values() -> None:
     with pytest.raises(jinja2.UndefinedError):
-        render.environment().from_string("{{ nope }}").render()
+        environment().from_string("{{ nope }}").render()
 
 
 @pytest.mark.parametrize("target", ["trusty", "bookworm", "bookworm-unified"])
 def test_render_all_produces_the_lab(tmp_path: Path, target: str) -> None:
     s = make_settings(tmp_path, target=target)
-    files = render.render_all(s, make_facts())
+    facts = make_facts()
+    files = render_all(s, facts)
     assert "Vagrantfile" in files
     assert any(p.startswith("provision/") for p in files)
-    assert {"guest/observe.sh", "guest/reset.sh"} <= set(files)
-    for fix in s.target_data.fixes:
-        assert f"fixes/{fix.id}-start.sh" in files
+    assert all(p == "Vagrantfile" or p.startswith("provision/") for p in files)
+    p = plan(s, facts)
+    scripts = p.scripts
+    assert {"observe.sh", "teardown.sh"} <= set(scripts)
+    for fix in s.scenario_data.fixes_for(target):
+        planned = p.fix(fix.id)
+        assert planned.start.run.strip(), fix.id
+        if fix.apply:
+            assert {f"fixes/{fix.id}-apply.sh", f"fixes/{fix.id}-revert.sh"} <= set(scripts)
     vf = files["Vagrantfile"]
     assert "m.vm.box = 'cgroup-lab/test'" in vf
     assert "lv.management_network_name = 'lab-" + s.name + "'" in vf
     assert "lv.management_network_address = '192.168.150.0/24'" in vf
     assert 'm.vm.synced_folder ".", "/vagrant", disabled: true' in vf
-    for stage in s.target_data.provision:
-        for script in stage.scripts:
-            assert Path(script).name in vf
+    for _, _, stage_scripts in provision_plan(s):
+        for script in stage_scripts:
+            assert script.name in files
+            assert f"path: '{script.name}'" in vf
 
 
 def test_baseline_command_is_the_seed_command(tmp_path: Path) -> None:
-    files = render.render_all(make_settings(tmp_path, target="bookworm"), make_facts())
-    assert files["fixes/baseline-start.sh"].strip() == "sudo -H -u dbusr lxc-start -n mysql55 -d"
+    start = plan(make_settings(tmp_path, target="bookworm"), make_facts()).baseline.start
+    assert start.run.strip() == "sudo -H -u dbusr lxc-start -n mysql55 -d"
+    assert start.shown == start.run and start.channel == "admin"
 
 
 def test_settings_reach_the_scripts(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, target="bookworm", name="demo")
-    s = type(s)(**{**s.__dict__, "admin_user": "ops", "container_user": "dbx", "container_name": "pg96"})
-    files = render.render_all(s, make_facts())
+    folder = copy_scenario(tmp_path, {'admin = "labadmin"': 'admin = "ops"',
+                                      'unprivileged = ["dbusr"]': 'unprivileged = ["dbx"]',
+                                      'user = "dbusr"': 'user = "dbx"',
+                                      'container = "mysql55"': 'container = "pg96"'})
+    s = make_settings(tmp_path, target="bookworm", name="demo", scenario=str(folder))
+    files = render_all(s, make_facts())
     assert "admin=ops" in files["provision/01-base-users.sh"]
-    assert files["fixes/baseline-start.sh"].strip() == "sudo -H -u dbx lxc-start -n pg96 -d"
+    assert plan(s, make_facts()).baseline.start.run.strip() == "sudo -H -u dbx lxc-start -n pg96 -d"
     assert "lxc.cgroup.memory.limit_in_bytes = 268435456" in files["provision/03-base-lxc-user.sh"]
+
+
+def test_hostile_scenario_vars_are_quoted_for_shell(tmp_path: Path) -> None:
+    hostile = "pg`id`$(reboot)"
+    folder = copy_scenario(tmp_path, {'container = "mysql55"': f'container = "{hostile}"'})
+    s = make_settings(tmp_path, target="bookworm", scenario=str(folder))
+    p = plan(s, make_facts())
+    assert shlex.split(p.baseline.start.run) == ["sudo", "-H", "-u", "dbusr", "lxc-start", "-n", hostile, "-d"]
+    assert f"container={shlex.quote(hostile)}\n" in p.scripts["observe.sh"]
+    assert f"container={shlex.quote(hostile)}\n" in p.scripts["teardown.sh"]
 
 
 def test_public_key_is_quoted_for_shell(tmp_path: Path) -> None:
     key = "ssh-ed25519 AAAA it's $(dangerous)"
-    files = render.render_all(make_settings(tmp_path, target="bookworm"), make_facts(public_key=key))
+    files = render_all(make_settings(tmp_path, target="bookworm"), make_facts(public_key=key))
     assert f"pubkey={shlex.quote(key)}" in files["provision/01-base-users.sh"]
 
 
 def test_unified_target_uses_cgroup2_limit(tmp_path: Path) -> None:
-    files = render.render_all(make_settings(tmp_path, target="bookworm-unified"), make_facts())
+    files = render_all(make_settings(tmp_path, target="bookworm-unified"), make_facts())
     assert "lxc.cgroup2.memory.max = 268435456" in files["provision/03-base-lxc-user.sh"]
 
 
@@ -82,6 +106,6 @@ def test_write_files_is_atomic_and_sets_modes(tmp_path: Path) -> None:
 
 
 def test_default_network_is_stable_and_in_range() -> None:
-    a = render.default_network_octet("bookworm")
-    assert a == render.default_network_octet("bookworm")
+    a = default_network_octet("bookworm")
+    assert a == default_network_octet("bookworm")
     assert 100 <= a < 220

@@ -11,7 +11,19 @@ from pathlib import Path
 import junitparser
 import pytest
 
-from lab.report import cast, fix_rows, is_plumbing, junit, markdown, redact, story_steps, write_reports
+from lab.report import (
+    cast,
+    fix_rows,
+    is_plumbing,
+    junit,
+    latest_run,
+    load_record,
+    markdown,
+    redact,
+    story_steps,
+    write_reports,
+)
+from lab.run.record import point_latest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "verify-bookworm.json"
 KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -19,6 +31,7 @@ KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
        "QyNTUxOQAAACBsZWFrZWRzZWNyZXRsZWFrZWRzZWNyZXRsZWFrZWQAAAA=\n"
        "-----END OPENSSH PRIVATE KEY-----\n")
 KEY_MATERIAL = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
+SUITE = "cgroup-lab.sudo-lxc-cgroups.bookworm"
 
 
 @pytest.fixture
@@ -53,12 +66,10 @@ def test_junit_counts_match_the_record(record: dict) -> None:
     root, suite = suite_of(junit.render(record))
     cases = suite.findall("testcase")
     steps, rows = story_steps(record), fix_rows(record)
-    assert suite.get("name") == "cgroup-lab.bookworm"
+    assert suite.get("name") == SUITE
     assert len(cases) == len(steps) + len(rows) == int(suite.get("tests")) == int(root.get("tests"))
-    assert {c.get("name") for c in cases if c.get("classname") == "cgroup-lab.bookworm.steps"} == \
-        {s["id"] for s in steps}
-    assert [c.get("name") for c in cases if c.get("classname") == "cgroup-lab.bookworm.fixes"] == \
-        [r["id"] for r in rows]
+    assert {c.get("name") for c in cases if c.get("classname") == f"{SUITE}.steps"} == {s["id"] for s in steps}
+    assert [c.get("name") for c in cases if c.get("classname") == f"{SUITE}.fixes"] == [r["id"] for r in rows]
     not_ok = sum(not s["ok"] for s in steps) + sum(not r["ok"] for r in rows)
     for element in (root, suite):
         assert int(element.get("failures")) == not_ok == len(suite.findall("testcase/failure"))
@@ -80,7 +91,7 @@ def test_junit_expected_failure_is_a_pass(record: dict) -> None:
 def test_junit_reports_a_fix_that_did_not_work(record: dict) -> None:
     root, suite = suite_of(junit.render(failing(record)))
     assert root.get("failures") == suite.get("failures") == "2"
-    fix = suite.find("testcase[@classname='cgroup-lab.bookworm.fixes'][@name='pam-cgfs']")
+    fix = suite.find(f"testcase[@classname='{SUITE}.fixes'][@name='pam-cgfs']")
     failure = fix.find("failure")
     assert failure is not None and failure.get("type")
     assert "expected running" in failure.get("message") and "observed failing" in failure.get("message")
@@ -90,7 +101,7 @@ def test_junit_reports_a_fix_that_did_not_work(record: dict) -> None:
 def test_junit_counts_errors_and_failed_plumbing(record: dict) -> None:
     broken = copy.deepcopy(record)
     broken["error"] = "could not reset <the> container & \x1b[31mstop\x1b[0m"
-    next(s for s in broken["steps"] if s["id"] == "cgm:stop")["ok"] = False
+    next(s for s in broken["steps"] if s["id"] == "cgm:cleanup")["ok"] = False
     root, suite = suite_of(junit.render(broken))
     assert root.get("errors") == suite.get("errors") == "1"
     assert suite.get("failures") == "1"
@@ -113,7 +124,7 @@ def test_cast_is_valid_asciicast_v2(record: dict) -> None:
     screen = "".join(e[2] for e in events)
     for step in story_steps(record):
         assert step["command"] in screen
-    assert "guest/observe.sh" not in screen  # plumbing is left out
+    assert "sudo bash observe.sh" not in screen and "sudo bash teardown.sh" not in screen  # plumbing is left out
 
 
 def test_cast_prints_output_when_the_step_finished(record: dict) -> None:
@@ -157,11 +168,11 @@ def test_markdown_tells_the_story(record: dict) -> None:
     assert text.startswith(f"# cgroup lab: {record['title']}\n")
     for line in record["versions"]["text"].splitlines():
         assert line in text
-    assert "| labadmin$ cat /proc/self/cgroup | labadmin$ sudo -u dbusr cat /proc/self/cgroup | same |" in text
+    assert "| labadmin$ cat /proc/self/cgroup | labadmin$ sudo -u dbusr cat /proc/self/cgroup |" in text
     assert "**`9:memory:/user.slice/user-1001.slice/session-15.scope`**" in text
-    assert "The listings are identical" in text
+    assert "The outputs are identical" in text
     assert "```console\nlabadmin$ sudo -H -u dbusr lxc-start -n mysql55 -d\n" in text
-    assert "root$ sudo bash guest/observe.sh" not in text and "preflight" not in text
+    assert "sudo bash observe.sh" not in text and "sudo bash teardown.sh" not in text and "preflight" not in text
     assert "… 4 lines …" in text  # cgm:apply printed 15 lines
     assert "39 steps (17 shown, 22 plumbing) in 49.1 s" in text
 
@@ -176,9 +187,12 @@ def test_markdown_marks_a_fix_that_did_not_work(record: dict) -> None:
 
 def test_markdown_differing_evidence(record: dict) -> None:
     other = copy.deepcopy(record)
-    other["evidence"]["sudo_user"] = "0::/user.slice/user-1002.slice/session-16.scope\n"
-    other["evidence"]["inherited"] = False
-    assert "The listings differ" in markdown.render(other)
+    [ev] = other["evidence"]
+    ev["columns"][1]["output"] = "0::/user.slice/user-1002.slice/session-16.scope\n"
+    ev["holds"] = False
+    text = markdown.render(other)
+    assert "The outputs are not identical" in text and "precondition does not hold" in text
+    assert "**`0::/user.slice/user-1002.slice/session-16.scope`**" not in text
 
 
 # --- secrets and files -----------------------------------------------------------------------------
@@ -204,17 +218,22 @@ def test_no_private_key_in_any_report(record: dict, renderer) -> None:
 
 def test_write_reports_from_verify_json_alone(record: dict, tmp_path: Path) -> None:
     reports = tmp_path / ".lab" / "bookworm" / "reports"
-    reports.mkdir(parents=True)
-    shutil.copy(FIXTURE, reports / "verify.json")
-    written = write_reports("bookworm", project_dir=tmp_path)
+    run = reports / record["run"]
+    run.mkdir(parents=True)
+    shutil.copy(FIXTURE, run / "verify.json")
+    point_latest(reports, run.name)
+    assert latest_run("bookworm", project_dir=tmp_path) == run.resolve()
+    assert load_record(run) == record
+    written = write_reports(run)
     assert sorted(p.name for p in written) == ["junit.xml", "transcript.md", "verify.cast"]
+    assert all(p.parent == run for p in written)
     first = {p.name: p.read_text(encoding="utf-8") for p in written}
-    write_reports("bookworm", project_dir=tmp_path)
+    write_reports(reports / "latest")
     for name, text in first.items():
-        assert (reports / name).read_text(encoding="utf-8") == text
+        assert (run / name).read_text(encoding="utf-8") == text
     assert first["transcript.md"] == markdown.render(record)
     ET.fromstring(first["junit.xml"])
-    assert not list(reports.glob("*.tmp"))
+    assert not list(run.glob("*.tmp"))
 
 
 def test_junit_reads_in_a_junit_consumer(record: dict) -> None:
@@ -222,7 +241,7 @@ def test_junit_reads_in_a_junit_consumer(record: dict) -> None:
     xml = junitparser.JUnitXml.fromstring(junit.render(record))
     suites = list(xml) if isinstance(xml, junitparser.JUnitXml) else [xml]
     cases = [case for suite in suites for case in suite]
-    assert len(suites) == 1 and suites[0].name == "cgroup-lab.bookworm"
+    assert len(suites) == 1 and suites[0].name == SUITE
     assert suites[0].tests == len(cases) and suites[0].failures == 0
     assert all(case.is_passed for case in cases)
     start = next(case for case in cases if case.name == "baseline:start")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from labtest import make_settings
+from labtest import copy_scenario, make_facts, make_settings
 
-from lab import scenario
-from lab.targets import Outcome, get_target
+from lab.render.plan import plan
+from lab.run import judge
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json").read_text())
 
@@ -18,68 +18,81 @@ def step(step_id: str) -> dict:
     return next(s for s in RECORD["steps"] if s["id"] == step_id)
 
 
+def outputs(evidence: dict) -> list[str]:
+    return [column["output"] for column in evidence["columns"]]
+
+
+def rules(tmp_path: Path) -> tuple[dict, ...]:
+    return plan(make_settings(tmp_path, target="bookworm"), make_facts()).rules
+
+
 def test_recorded_evidence_shows_inheritance() -> None:
-    assert scenario.inherited(RECORD["evidence"]["admin"], RECORD["evidence"]["sudo_user"])
-    assert "session-" in RECORD["evidence"]["admin"]
+    [ev] = RECORD["evidence"]
+    assert ev["expect"] == "same"
+    assert judge.evidence_holds(ev["expect"], outputs(ev))
+    assert "session-" in ev["columns"][0]["output"]
+    assert [step(i)["stdout"] for i in ev["steps"]] == outputs(ev)
 
 
 def test_different_cgroups_are_not_inheritance() -> None:
     admin = "1:name=systemd:/user.slice/user-1001.slice/session-3.scope\n"
     other = "1:name=systemd:/user/dbusr/0\n"
-    assert not scenario.inherited(admin, other)
-    assert not scenario.inherited("", "")
+    assert not judge.evidence_holds("same", [admin, other])
+    assert not judge.evidence_holds("same", ["", ""])
 
 
 @pytest.mark.parametrize(("fix_id", "expected"), [
-    ("baseline", Outcome.FAILING), ("pam-systemd", Outcome.FAILING), ("pam-cgfs", Outcome.RUNNING),
-    ("cgm", Outcome.RUNNING), ("systemd-run", Outcome.FAILING),
+    ("baseline", "failing"), ("pam-systemd", "failing"), ("pam-cgfs", "running"),
+    ("cgm", "running"), ("systemd-run", "failing"),
 ])
-def test_recorded_observations_classify_as_measured(tmp_path: Path, fix_id: str, expected: Outcome) -> None:
-    s = make_settings(tmp_path, target="bookworm")
-    t = s.target_data
-    fix = t.baseline if fix_id == "baseline" else t.fix(fix_id)
+def test_recorded_observations_classify_as_measured(tmp_path: Path, fix_id: str, expected: str) -> None:
+    p = plan(make_settings(tmp_path, target="bookworm"), make_facts())
+    t = p.baseline if fix_id == "baseline" else p.fix(fix_id)
+    assert t.expected == expected
     observe = step(f"{fix_id}:observe")
     start = step(f"{fix_id}:start")
-    obs = scenario.parse_observation(observe["stdout"])
-    observed = scenario.classify(obs)
+    obs = judge.parse_observation(observe["stdout"])
+    observed = judge.classify(p.rules, judge.facts(obs, judge.StepRecord(**start)))
     assert observed == expected
-    sigs = scenario.matched_signatures(fix, s, [start["stdout"], start["stderr"], *obs.log])
-    assert scenario.judge(fix, observed, sigs)
+    sigs = judge.matched_signatures(t.signatures, [start["stdout"], start["stderr"], *obs.notes])
+    assert judge.judge(t.expected, observed, t.failure, t.signatures, sigs)
 
 
-def test_parse_observation_running_with_limit() -> None:
-    obs = scenario.parse_observation(
+def test_parse_observation_running_with_limit(tmp_path: Path) -> None:
+    obs = judge.parse_observation(
         "state=RUNNING\npid=42\nmemory_cgroup=/user/dbusr/0/lxc.payload.mysql55\nlimit=268435456\nlimit_ok=yes\n"
         "--- lab.log\nNOTICE started\n")
-    assert (obs.state, obs.limit, obs.cgroup, obs.log) == ("RUNNING", "268435456", "/user/dbusr/0/lxc.payload.mysql55",
-                                                           ["NOTICE started"])
-    assert scenario.classify(obs) == Outcome.RUNNING
+    assert (obs.fields["state"], obs.fields["limit"], obs.fields["memory_cgroup"], obs.notes) == (
+        "RUNNING", "268435456", "/user/dbusr/0/lxc.payload.mysql55", ["NOTICE started"])
+    assert judge.classify(rules(tmp_path), obs.fields) == "running"
 
 
-def test_running_without_the_limit_is_unlimited() -> None:
-    obs = scenario.parse_observation("state=RUNNING\nlimit=max\nlimit_ok=no\n--- lab.log\n")
-    assert scenario.classify(obs) == Outcome.UNLIMITED
+def test_running_without_the_limit_is_unlimited(tmp_path: Path) -> None:
+    obs = judge.parse_observation("state=RUNNING\nlimit=max\nlimit_ok=no\n--- lab.log\n")
+    assert judge.classify(rules(tmp_path), obs.fields) == "unlimited"
 
 
 def test_a_failure_without_the_signature_is_not_the_bug(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, target="bookworm")
-    base = s.target_data.baseline
-    assert scenario.matched_signatures(base, s, ["lxc-start: permission denied on something else"]) == []
-    assert not scenario.judge(base, Outcome.FAILING, [])
-    assert not scenario.judge(base, Outcome.RUNNING, [])
+    base = plan(make_settings(tmp_path, target="bookworm"), make_facts()).baseline
+    assert base.failure and base.signatures
+    assert judge.matched_signatures(base.signatures, ["lxc-start: permission denied on something else"]) == []
+    assert not judge.judge(base.expected, "failing", base.failure, base.signatures, [])
+    assert not judge.judge(base.expected, "running", base.failure, base.signatures, [])
 
 
 def test_signature_placeholders_use_the_lab_names(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, target="trusty")
-    s = type(s)(**{**s.__dict__, "container_name": "pg96"})
-    found = scenario.matched_signatures(s.target_data.baseline, s, ["Failed to create hugetlb:pg96"])
+    folder = copy_scenario(tmp_path, {'container = "mysql55"': 'container = "pg96"'})
+    s = make_settings(tmp_path, target="trusty", scenario=str(folder))
+    found = judge.matched_signatures(plan(s, make_facts()).baseline.signatures, ["Failed to create hugetlb:pg96"])
     assert found == [r"Failed to create \S+:pg96"]
 
 
 def test_verdict_words_tell_the_story() -> None:
-    t = get_target("bookworm")
-    assert scenario.verdict_words(t.baseline, Outcome.FAILING, True, True) == "fails, as the bug predicts (reproduced)"
-    assert "but expected" in scenario.verdict_words(t.fix("cgm"), Outcome.FAILING, False, False)
+    outcomes = RECORD["outcomes"]
+    baseline = {"id": "baseline", "expected": "failing", "observed": "failing", "ok": True, "reverted": True}
+    assert judge.verdict_words(outcomes, baseline) == "fails, as the bug predicts (reproduced)"
+    cgm = {"id": "cgm", "expected": "running", "observed": "failing", "ok": False, "reverted": True}
+    assert "but expected" in judge.verdict_words(outcomes, cgm)
 
 
 def test_recorded_run_is_consistent() -> None:

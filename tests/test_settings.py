@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from labtest import copy_scenario
 
-from lab import settings
-from lab.errors import LabError, SettingError
+from lab.config import settings
+from lab.core.errors import LabError, SettingError
 
 
 def load(tmp_path: Path, toml: str | None = None, env: dict | None = None, **flags: object) -> settings.Settings:
@@ -18,20 +19,26 @@ def load(tmp_path: Path, toml: str | None = None, env: dict | None = None, **fla
 
 def test_defaults_follow_the_seed(tmp_path: Path) -> None:
     s = load(tmp_path)
-    assert (s.target, s.name, s.admin_user, s.container_user, s.container_name) == (
-        "trusty", "trusty", "labadmin", "dbusr", "mysql55")
+    assert (s.target, s.scenario, s.name) == ("trusty", "sudo-lxc-cgroups", "sudo-lxc-cgroups-trusty")
+    scenario = s.scenario_data
+    assert scenario.model.users.admin == "labadmin"
+    assert (scenario.vars_for(s.target)["user"], scenario.vars_for(s.target)["container"]) == ("dbusr", "mysql55")
     assert s.fix_ids == ("pam-systemd", "cgm")
 
 
 def test_file_then_env_then_flags(tmp_path: Path) -> None:
     toml = 'target = "bookworm"\ncpus = 1\nmemory = 2048\n'
     s = load(tmp_path, toml, env={"LAB_CPUS": "3", "LAB_MEMORY": "1536"}, memory=4096)
-    assert (s.target, s.cpus, s.memory, s.name) == ("bookworm", 3, 4096, "bookworm")
+    assert (s.target, s.cpus, s.memory, s.name) == ("bookworm", 3, 4096, "sudo-lxc-cgroups-bookworm")
 
 
-def test_name_defaults_to_target_and_can_be_set(tmp_path: Path) -> None:
-    assert load(tmp_path, target="bookworm-unified").name == "bookworm-unified"
+def test_name_defaults_to_scenario_and_target_and_can_be_set(tmp_path: Path) -> None:
+    assert load(tmp_path, target="bookworm-unified").name == "sudo-lxc-cgroups-bookworm-unified"
     assert load(tmp_path, target="bookworm", name="demo-1").name == "demo-1"
+    longest = "a" + "b" * 47
+    assert load(tmp_path, target="bookworm", name=longest).name == longest
+    with pytest.raises(SettingError, match="'name'.*at most 48"):
+        load(tmp_path, target="bookworm", name=longest + "c")
 
 
 def test_fixes_from_env_are_split_and_checked_against_the_target(tmp_path: Path) -> None:
@@ -49,9 +56,8 @@ def test_fixes_from_env_are_split_and_checked_against_the_target(tmp_path: Path)
     ("cpus", "many", "whole number"),
     ("cpus", "0", "whole number from 1"),
     ("memory", "99999999", "whole number"),
-    ("admin_user", "root'; x", "Unix user name"),
-    ("container_user", "$(id)", "Unix user name"),
-    ("container_name", "mysql`55`", "letters, digits"),
+    ("scenario", "sudo-lxc-cgroup", "did you mean 'sudo-lxc-cgroups'"),
+    ("scenario", "./no/such/folder", "no scenario.toml"),
     ("debian_mirror", "ftp://mirror", "http:// or https://"),
     ("debian_mirror", "http://x/$(reboot)", "http:// or https://"),
     ("ubuntu_mirror", "not a url", "http:// or https://"),
@@ -101,8 +107,21 @@ def test_provider_must_fit_the_target(tmp_path: Path) -> None:
 
 
 def test_admin_and_container_user_must_differ(tmp_path: Path) -> None:
-    with pytest.raises(SettingError, match="container_user"):
-        load(tmp_path, env={"LAB_CONTAINER_USER": "labadmin"})
+    folder = copy_scenario(tmp_path, {'unprivileged = ["dbusr"]': 'unprivileged = ["labadmin"]'})
+    with pytest.raises(LabError, match=r"users\.unprivileged: the admin 'labadmin' cannot also be"):
+        load(tmp_path, env={"LAB_SCENARIO": str(folder)})
+
+
+@pytest.mark.parametrize(("line", "hostile", "where"), [
+    ('admin = "labadmin"', 'admin = "root\'; x"', "users.admin"),
+    ('unprivileged = ["dbusr"]', 'unprivileged = ["$(id)"]', "users.unprivileged"),
+])
+def test_hostile_scenario_users_are_refused_naming_the_key(tmp_path: Path, line: str, hostile: str,
+                                                           where: str) -> None:
+    folder = copy_scenario(tmp_path, {line: hostile})
+    with pytest.raises(LabError, match="scenario.toml") as info:
+        load(tmp_path, env={"LAB_SCENARIO": str(folder)})
+    assert where in str(info.value)
 
 
 def test_local_box_file_is_resolved(tmp_path: Path) -> None:
@@ -117,6 +136,8 @@ def test_settings_round_trip_through_json(tmp_path: Path) -> None:
 
 
 def test_saved_settings_are_validated_again(tmp_path: Path) -> None:
-    text = load(tmp_path, target="bookworm").to_json().replace('"dbusr"', '"db usr"')
-    with pytest.raises(SettingError, match="container_user"):
+    s = load(tmp_path, target="bookworm")
+    text = s.to_json().replace(f'"name": "{s.name}"', '"name": "db usr"')
+    assert '"db usr"' in text
+    with pytest.raises(SettingError, match="'name'"):
         settings.from_json(text, "saved")

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import render, settings
-from lab.files import write_files
-from lab.paths import PROJECT_DIR
+from lab.config import settings
+from lab.core.files import write_files
+from lab.core.paths import PROJECT_DIR
+from lab.render.lab import LabFacts, render_all
+from lab.render.plan import plan
 
 PACKER_TEMPLATE = PROJECT_DIR / "packer" / "trusty.pkr.hcl"
 PRESEED = PROJECT_DIR / "packer" / "http" / "trusty-preseed.cfg"
@@ -28,17 +30,24 @@ ISO_SHA256 = "b17d7c1e9d0321ad5810ba77b69aef43f0f29a5422b08120e6ee0576c4527c0e"
 APT_SOURCES = "provision/01-kernel-apt-sources.sh"
 KERNEL = "provision/02-kernel-kernel.sh"
 ASSERT_KERNEL = "provision/03-lab-assert-kernel.sh"
-LXC_PACKAGES = "provision/04-lab-lxc-packages.sh"
+USERS = "provision/04-lab-users.sh"
+LXC_PACKAGES = "provision/05-lab-lxc-packages-trusty.sh"
+LXC_USER = "provision/06-lab-lxc-user.sh"
 
 
-def facts() -> render.LabFacts:
-    return render.LabFacts(provider="virtualbox", libvirt_driver="qemu", box_name="lab/trusty", box_url="",
-                           public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample lab", network_octet=150)
+def facts() -> LabFacts:
+    return LabFacts(provider="virtualbox", libvirt_driver="qemu", box_name="lab/trusty", box_url="",
+                    public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample lab", network_octet=150)
+
+
+def trusty_settings(tmp_path: Path, **flags: str) -> settings.Settings:
+    return settings.load(environ={}, flags={"target": "trusty", **flags}, project_dir=tmp_path)
 
 
 def render_trusty(tmp_path: Path, **flags: str) -> dict[str, str]:
-    s = settings.load(environ={}, flags={"target": "trusty", **flags}, project_dir=tmp_path)
-    return render.render_all(s, facts())
+    """Every file lab.render writes: the Vagrantfile, provisioning and the scenario's root scripts."""
+    s = trusty_settings(tmp_path, **flags)
+    return {**render_all(s, facts()), **plan(s, facts()).scripts}
 
 
 @pytest.fixture
@@ -56,9 +65,9 @@ def written(tmp_path: Path, files: dict[str, str]) -> Path:
 # --- (a) what the trusty target renders ---------------------------------------------------------
 
 def test_trusty_renders_every_stage_script_and_fix(files: dict[str, str]) -> None:
-    for rel in (APT_SOURCES, KERNEL, ASSERT_KERNEL, LXC_PACKAGES, "provision/05-lab-users.sh",
-                "provision/06-lab-lxc-user.sh", "fixes/cgm-apply.sh", "fixes/cgm-start.sh",
-                "fixes/cgm-revert.sh"):
+    for rel in (APT_SOURCES, KERNEL, ASSERT_KERNEL, USERS, LXC_PACKAGES, LXC_USER, "fixes/cgm-apply.sh",
+                "fixes/cgm-revert.sh", "fixes/pam-systemd-apply.sh", "fixes/pam-systemd-revert.sh",
+                "observe.sh", "teardown.sh"):
         assert rel in files, f"{rel} not rendered; got {sorted(files)}"
 
 
@@ -122,9 +131,11 @@ def test_kernel_is_installed_held_and_asserted(files: dict[str, str]) -> None:
     assert "prefix=3.19\n" in files[ASSERT_KERNEL]
 
 
-def test_cgm_start_is_the_2015_workaround_as_one_line(files: dict[str, str]) -> None:
-    text = files["fixes/cgm-start.sh"]
-    assert text.count("\n") == 1 and text.endswith("\n")
+def test_cgm_start_is_the_2015_workaround_as_one_line(tmp_path: Path) -> None:
+    start = plan(trusty_settings(tmp_path), facts()).fix("cgm").start
+    text = start.run
+    assert "\n" not in text and text == text.strip()
+    assert start.shown == text and start.channel == "admin"
     words = shlex.split(text)
     assert words[:4] == ["sudo", "cgm", "create", "all"]
     assert "chown" in words and "movepid" not in words[:-1]
@@ -270,14 +281,18 @@ def test_lxc_packages_picks_and_records_its_source(tmp_path: Path, files: dict[s
 # --- (b) shellcheck -------------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_every_rendered_script_passes_shellcheck(written: Path, files: dict[str, str]) -> None:
+def test_every_rendered_script_passes_shellcheck(tmp_path: Path, written: Path, files: dict[str, str]) -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed")
     scripts = sorted(rel for rel in files if rel.endswith(".sh"))
     assert len(scripts) >= 12
+    # the start commands are one line typed by the admin: check them as bash too
+    p = plan(trusty_settings(tmp_path), facts())
+    starts = {f"commands/{t.id}-start.sh": f"#!/bin/bash\n{t.start.run}\n" for t in (p.baseline, *p.fixes)}
+    write_files(written, starts)
+    scripts += sorted(starts)
     failures = []
     for rel in scripts:
-        # the fix start commands are one line without a shebang: check them as bash too
         result = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", str(written / rel)],
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0:

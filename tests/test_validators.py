@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from labtest import make_facts, make_settings
 
-from lab import build, render
-from lab.files import write_files
-from lab.paths import PROJECT_DIR
+from lab.core.files import write_files
+from lab.core.paths import PROJECT_DIR
+from lab.images import build
+from lab.images.common import vagrant_insecure_keys
+from lab.render.lab import render_all
+from lab.render.plan import plan
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +30,8 @@ TARGETS = ["trusty", "bookworm", "bookworm-unified"]
 def rendered(tmp_path: Path, target: str, provider: str = "libvirt") -> Path:
     s = make_settings(tmp_path, target=target)
     out = tmp_path / target
-    write_files(out, render.render_all(s, make_facts(provider=provider)))
+    facts = make_facts(provider=provider)
+    write_files(out, {**render_all(s, facts), **plan(s, facts).scripts})  # what lab.render writes
     return out
 
 
@@ -96,7 +100,7 @@ def packer_validate(var_file: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_packer_validate_debian(tmp_path: Path) -> None:
-    private, _ = build.vagrant_insecure_keys()
+    private, _ = vagrant_insecure_keys()
     script = tmp_path / "box.sh"
     script.write_text("#!/bin/bash\n")
     variables = {"disk_image": str(tmp_path / "disk.qcow2"), "kernel": "/k", "initrd": "/i", "cmdline": "ro",

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 from labtest import make_facts, make_settings
 
-from lab import lifecycle, paths, verify
-from lab.errors import LabError
-from lab.files import write_files
-from lab.remote import CommandResult
+from lab.core import errors, paths
+from lab.core.errors import LabError
+from lab.core.files import write_files
+from lab.machine import lifecycle, state
+from lab.machine.state import Phase
+from lab.remote.ssh import CommandResult
+from lab.run import engine, live
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json").read_text())
 RECORDED = {s["id"]: s for s in RECORD["steps"]}
@@ -38,7 +41,7 @@ class ScriptedRemote:
             step: str = "") -> CommandResult:
         self.calls.append(step)
         if step == self.fail_at:
-            raise LabError(f"the SSH connection to lab test dropped during step {step!r}")
+            raise errors.TestbedError(f"the SSH connection to lab test dropped during step {step!r}")
         restored = step.startswith("baseline-restored")
         key = "baseline" + step.removeprefix("baseline-restored") if restored else step
         recorded = RECORDED.get(key, {"exit_code": 0, "stdout": "", "stderr": ""})
@@ -55,11 +58,20 @@ def lab_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     s = make_settings(tmp_path, target="bookworm")
     lab = paths.lab_dir(s.name)
     write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
+    state.advance(lab, Phase.PROVISIONED, "up")
+    monkeypatch.setattr(lifecycle, "require_running", lambda settings: None)  # no libvirt here
     return s, lab
 
 
+def the_record(lab: paths.LabDir) -> dict:
+    """The record of the one run written into reports/<run>/ (latest or not)."""
+    runs = [d for d in lab.reports.iterdir() if d.is_dir() and not d.is_symlink()]
+    assert len(runs) == 1, runs
+    return json.loads((runs[0] / "verify.json").read_text())
+
+
 class ScriptedShell:
-    """Stands in for lab.shell.Shell: the same run() signature, answered by ScriptedRemote."""
+    """Stands in for lab.remote.shell.Shell: the same run() signature, answered by ScriptedRemote."""
 
     def __init__(self, remote: ScriptedRemote, as_root: bool) -> None:
         self.remote, self.as_root = remote, as_root
@@ -71,39 +83,50 @@ class ScriptedShell:
         return None
 
 
+class Terminal:
+    """A stdin that says it is a terminal, so --step pauses (the keys come from read_key)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def use(monkeypatch: pytest.MonkeyPatch, remote: ScriptedRemote) -> None:
     monkeypatch.setattr(lifecycle, "connect", lambda settings: remote)
-    monkeypatch.setattr(verify, "Shell", lambda source, as_root, user, label: ScriptedShell(remote, as_root))
+    monkeypatch.setattr(engine, "Shell",
+                        lambda source, as_root, user, label, liveness=None: ScriptedShell(remote, as_root))
 
 
 def test_recorded_run_replays_to_the_same_verdict(lab_here, monkeypatch: pytest.MonkeyPatch) -> None:
     s, lab = lab_here
     remote = ScriptedRemote()
     use(monkeypatch, remote)
-    assert verify.run(s) is True
-    record = json.loads((lab.reports / "verify.json").read_text())
+    assert engine.run(s) is True
+    record = json.loads((lab.reports / "latest" / "verify.json").read_text())
+    assert record == the_record(lab)
     assert [f["observed"] for f in record["fixes"]] == ["failing", "running", "running", "failing"]
     assert record["restored"] is True
+    assert state.read(lab).phase == Phase.VERIFIED
 
 
 def test_a_drop_during_a_fix_still_reverts_it_and_writes_the_record(lab_here, monkeypatch) -> None:
     s, lab = lab_here
     remote = ScriptedRemote(fail_at="cgm:start")
     use(monkeypatch, remote)
-    with pytest.raises(LabError, match="dropped during step 'cgm:start'"):
-        verify.run(s)
+    with pytest.raises(errors.TestbedError, match="dropped during step 'cgm:start'"):
+        engine.run(s)
     after = remote.calls[remote.calls.index("cgm:start") + 1:]
-    assert after[:2] == ["cgm:stop", "cgm:revert"], after
-    record = json.loads((lab.reports / "verify.json").read_text())
+    assert after[:2] == ["cgm:cleanup", "cgm:revert"], after
+    record = the_record(lab)
     assert record["ok"] is False and "cgm:start" in record["error"]
+    assert not (lab.reports / "latest").exists(), "a run that broke off is not the latest completed one"
     assert any(st["id"] == "cgm:revert" for st in record["steps"])
 
 
 def test_a_failed_revert_fails_the_run(lab_here, monkeypatch) -> None:
     s, lab = lab_here
     use(monkeypatch, ScriptedRemote(revert_fails="pam-cgfs:revert"))
-    assert verify.run(s) is False
-    record = json.loads((lab.reports / "verify.json").read_text())
+    assert engine.run(s) is False
+    record = json.loads((lab.reports / "latest" / "verify.json").read_text())
     cgfs = next(f for f in record["fixes"] if f["id"] == "pam-cgfs")
     assert cgfs["reverted"] is False and cgfs["ok"] is False
 
@@ -112,8 +135,9 @@ def test_preflight_reverts_every_fix_first(lab_here, monkeypatch) -> None:
     s, _ = lab_here
     remote = ScriptedRemote()
     use(monkeypatch, remote)
-    verify.run(s, only=("cgm",))
-    assert remote.calls[:4] == [f"preflight:{f}:revert" for f in ("pam-systemd", "pam-cgfs", "cgm", "systemd-run")]
+    engine.run(s, only=("cgm",))
+    assert remote.calls[:5] == ["preflight:teardown", *(f"preflight:{f}:revert" for f in
+                                                         ("pam-systemd", "pam-cgfs", "cgm", "systemd-run"))]
     assert "pam-cgfs:start" not in remote.calls
 
 
@@ -122,7 +146,7 @@ def test_unknown_fix_is_refused_before_connecting(lab_here, monkeypatch) -> None
     remote = ScriptedRemote()
     use(monkeypatch, remote)
     with pytest.raises(LabError, match="no fix 'nope'"):
-        verify.run(s, only=("nope",))
+        engine.run(s, only=("nope",))
     assert remote.calls == []
 
 
@@ -130,9 +154,11 @@ def test_step_mode_q_stops_and_restores(lab_here, monkeypatch) -> None:
     s, lab = lab_here
     remote = ScriptedRemote()
     use(monkeypatch, remote)
-    answers = iter(["", "q"])
-    monkeypatch.setattr(verify.console, "input", lambda prompt="": next(answers))
-    assert verify.run(s, step_mode=True) is False
+    answers = iter([" ", "q"])
+    monkeypatch.setattr(live.sys, "stdin", Terminal())
+    monkeypatch.setattr(live, "read_key", lambda: next(answers))
+    assert engine.run(s, step_mode=True) is False
     assert "baseline:start" in remote.calls and "pam-systemd:start" not in remote.calls
-    record = json.loads((lab.reports / "verify.json").read_text())
-    assert record["stopped"] is True
+    assert remote.calls[-1] == "baseline:cleanup", "the baseline's container is torn down on the way out"
+    record = the_record(lab)
+    assert record["stopped"] == "baseline"

@@ -10,7 +10,7 @@ import calendar
 import json
 import time
 
-from lab.report import fix_rows, is_plumbing, output_lines, redacted, verdict
+from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, verdict
 
 WIDTH, HEIGHT = 100, 30
 TYPING_SECONDS = 0.3
@@ -30,7 +30,7 @@ def header(record: dict) -> dict:
     stamp = timestamp(record.get("started_at", ""))
     if stamp is not None:
         head["timestamp"] = stamp
-    head["title"] = f"cgroup lab: {record.get('title') or record.get('target', '')}"
+    head["title"] = f"cgroup lab: {record.get('title', '')} on {record.get('target', '')}"
     head["env"] = {"TERM": "xterm-256color", "SHELL": "/bin/bash"}
     return head
 
@@ -65,9 +65,9 @@ def section_of(step_id: str, rows: list[dict]) -> dict | None:
     return next((row for row in rows if step_id.startswith(f"{row['id']}:")), None)
 
 
-def close(rec: Recorder, row: dict | None, at: float) -> None:
+def close(rec: Recorder, record: dict, row: dict | None, at: float) -> None:
     if row:
-        rec.comment(at, f"{'✓' if row.get('ok') else '✗'} {row['id']}: {verdict(row)}")
+        rec.comment(at, f"{'✓' if row.get('ok') else '✗'} {row['id']}: {verdict(record, row)}")
 
 
 def render(record: dict) -> str:
@@ -80,20 +80,21 @@ def render(record: dict) -> str:
         start, took = float(step.get("started", ended)), float(step.get("seconds", 0))
         row = section_of(step["id"], rows)
         if row is not current:
-            close(rec, current, ended)
+            close(rec, record, current, ended)
             current = row
             if row:
                 rec.comment(start, f"{row['id']}: {row.get('title', '')} (expected: {row.get('expected', '')})")
         ended = start + took
         if is_plumbing(step["id"]):
             continue
-        if step["id"] == "evidence-admin":
-            rec.comment(start, "evidence: the admin's cgroups, then those of a process started with sudo -u")
+        for ev in record.get("evidence") or []:
+            if ev.get("steps") and step["id"] == ev["steps"][0]:
+                rec.comment(start, f"evidence: {ev.get('title', '')}")
         rec.typed(start, step.get("user", ""), step.get("command", ""), took)
         lines = output_lines(step)
         if lines:
             rec.emit(ended, "\r\n".join(lines) + "\r\n")
-    close(rec, current, ended)
+    close(rec, record, current, ended)
     head = "✓ every step met its expectation" if record.get("ok") else "✗ some step did not meet its expectation"
     rec.comment(float(record.get("seconds", ended)), f"{head} ({record.get('seconds', 0):.1f}s)")
     return "\n".join([json.dumps(header(record), ensure_ascii=False), *rec.lines]) + "\n"

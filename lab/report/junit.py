@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from lab.report import fix_rows, is_plumbing, redacted, steps_of, story_steps, verdict
+from lab.report.rows import fix_rows, is_plumbing, redacted, steps_of, story_steps, verdict
 
 SUITE = "cgroup-lab"
 # Characters XML 1.0 cannot carry at all (ANSI escapes, NULs...): shown as \xNN instead.
@@ -48,17 +48,17 @@ def step_case(suite: ET.Element, classname: str, step: dict) -> bool:
     return ok
 
 
-def fix_case(suite: ET.Element, classname: str, row: dict, steps: list[dict]) -> bool:
+def fix_case(suite: ET.Element, classname: str, record: dict, row: dict, steps: list[dict]) -> bool:
     case = child(suite, "testcase", name=row["id"], classname=classname,
                  time=seconds(sum(s.get("seconds", 0) for s in steps)))
     ok = bool(row.get("ok"))
     facts = [f"expected: {row.get('expected', '')}", f"observed: {row.get('observed', '')}",
-             f"verdict: {verdict(row)}", f"reverted: {'yes' if row.get('reverted') else 'no'}"]
+             f"verdict: {verdict(record, row)}", f"reverted: {'yes' if row.get('reverted') else 'no'}"]
     facts += [f"signature seen: {s}" for s in row.get("signature_matched", [])]
-    facts += [f"{k}: {row[k]}" for k in ("limit", "cgroup") if row.get(k)]
+    facts += [f"observed {k}: {v}" for k, v in (row.get("fields") or {}).items()]
     if not ok:
         child(case, "failure", "\n".join(facts), type="FixOutcomeNotAsExpected",
-              message=f"expected {row.get('expected', '')}, observed {row.get('observed', '')}: {verdict(row)}")
+              message=f"expected {row.get('expected', '')}, observed {row.get('observed', '')}: {verdict(record, row)}")
     child(case, "system-out", "\n".join([row.get("title", ""), row.get("why", ""), *facts, "steps: " + ", ".join(
         f"{s['id']} ({'ok' if s.get('ok') else 'NOT ok'})" for s in steps)]).strip())
     return ok
@@ -79,26 +79,26 @@ def run_case(suite: ET.Element, classname: str, record: dict) -> tuple[int, int]
 
 def properties(suite: ET.Element, record: dict) -> None:
     props = child(suite, "properties")
-    for key in ("name", "target", "provider", "title", "cgroup_layout", "admin_user", "container_user",
-                "container_name", "started_at"):
+    for key in ("name", "target", "provider", "title", "cgroup_layout", "admin_user", "started_at", "run"):
         if record.get(key) is not None:
             child(props, "property", name=key, value=str(record[key]))
+    child(props, "property", name="scenario", value=str((record.get("scenario") or {}).get("id", "")))
     text = (record.get("versions") or {}).get("text", "")
     if text:
         child(props, "property", name="versions", value=" | ".join(text.splitlines()))
-    if record.get("evidence"):
-        child(props, "property", name="inherited", value=str(bool(record["evidence"].get("inherited"))).lower())
+    for i, ev in enumerate(record.get("evidence") or [], start=1):
+        child(props, "property", name=f"evidence-{i}-holds", value=str(bool(ev.get("holds"))).lower())
 
 
 def render(record: dict) -> str:
     record = redacted(record)
-    name = f"{SUITE}.{record.get('target', 'unknown')}"
+    name = f"{SUITE}.{(record.get('scenario') or {}).get('id', 'scenario')}.{record.get('target', 'unknown')}"
     total = seconds(record.get("seconds", 0))
     root = ET.Element("testsuites", name=SUITE)
     suite = child(root, "testsuite", name=name, timestamp=record.get("started_at", "").removesuffix("Z"))
     properties(suite, record)
     results = [step_case(suite, f"{name}.steps", s) for s in story_steps(record)]
-    results += [fix_case(suite, f"{name}.fixes", row, steps_of(record, row["id"])) for row in fix_rows(record)]
+    results += [fix_case(suite, f"{name}.fixes", record, row, steps_of(record, row["id"])) for row in fix_rows(record)]
     errors, skipped = run_case(suite, f"{name}.run", record)
     # plumbing is not a test of its own, but a failed reset/stop/preflight must not leave CI green
     results += [step_case(suite, f"{name}.plumbing", s) for s in record.get("steps", [])

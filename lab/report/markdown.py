@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 
-from lab.report import fix_rows, is_plumbing, output_lines, redacted, steps_of, verdict
+from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, verdict
 
 MAX_OUTPUT_LINES = 12
-VERSION_LABELS = ("kernel", "lxc", "cgroup manager")
 
 
 def cell(text: str) -> str:
@@ -69,23 +68,23 @@ def plumbing_note(steps: list[dict]) -> list[str]:
 
 
 def header(record: dict) -> list[str]:
-    admin, user = record.get("admin_user", "admin"), record.get("container_user", "user")
-    container = record.get("container_name", "container")
-    return [
-        f"# cgroup lab: {record.get('title') or record.get('target', '')}",
+    sc = record.get("scenario") or {}
+    out = [
+        f"# cgroup lab: {record.get('title', '')}",
         "",
-        f"Lab `{record.get('name', '')}`, target `{record.get('target', '')}` on `{record.get('provider', '')}` "
-        f"({record.get('cgroup_layout', '')} cgroups), run started {record.get('started_at', '')}.",
+        f"Scenario `{sc.get('id', '')}`, lab `{record.get('name', '')}`, target `{record.get('target', '')}` "
+        f"({record.get('target_title', '')}) on "
+        f"`{record.get('provider', '')}`, run started {record.get('started_at', '')}.",
         "",
         "## What this shows",
         "",
-        f"`{admin}` logs in over SSH and starts the unprivileged container `{container}` as `{user}` with "
-        f"`sudo -u {user} lxc-start`. sudo opens no login session of its own, so `{user}` inherits "
-        f"`{admin}`'s cgroups, where it may not create or limit anything: lxc-start cannot apply the "
-        "container's memory limit and aborts (the 2015 sudo/lxc bug). Below: the evidence, the baseline "
-        "failure, each fix tried in turn with its expected and observed outcome, and the baseline again "
-        "after every fix was reverted.",
+        sc.get("explanation", "").strip(),
     ]
+    if sc.get("note"):
+        out += ["", f"On this target: {sc['note']}"]
+    if sc.get("sources"):
+        out += ["", "Sources: " + ", ".join(f"<{url}>" for url in sc["sources"])]
+    return out
 
 
 def versions(record: dict) -> list[str]:
@@ -93,44 +92,35 @@ def versions(record: dict) -> list[str]:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return []
-    out = ["", "## Versions in the guest", ""]
-    for i, line in enumerate(lines):
-        label = VERSION_LABELS[i] if i < len(VERSION_LABELS) else "also"
-        out.append(f"- {label}: {code(line)}")
-    return out
+    return ["", "## Versions in the guest", "", *(f"- {code(line)}" for line in lines)]
 
 
 def evidence(record: dict) -> list[str]:
-    ev = record.get("evidence") or {}
-    if not ev:
-        return []
-    admin, user = record.get("admin_user", "admin"), record.get("container_user", "user")
-    steps = {s["id"]: s for s in record.get("steps", [])}
-    left = [x.strip() for x in ev.get("admin", "").splitlines() if x.strip()]
-    right = [x.strip() for x in ev.get("sudo_user", "").splitlines() if x.strip()]
-    common = set(left) & set(right)
-    out = ["", "## 1. Evidence", ""]
-    whys = [steps[i]["why"] for i in ("evidence-admin", "evidence-sudo") if steps.get(i, {}).get("why")]
-    if whys:
-        out += [" ".join(whys), ""]
-    out += [f"| {cell(f'{admin}$ cat /proc/self/cgroup')} | "
-            f"{cell(f'{admin}$ sudo -u {user} cat /proc/self/cgroup')} | same |",
-            "| --- | --- | :-: |"]
-    for i in range(max(len(left), len(right))):
-        a = left[i] if i < len(left) else ""
-        b = right[i] if i < len(right) else ""
-        shown = [f"**{code(x, True)}**" if x in common else code(x, True) for x in (a, b)]
-        out.append(f"| {shown[0]} | {shown[1]} | {mark(a == b) if a or b else ''} |")
-    out.append("")
-    if ev.get("inherited"):
-        out.append(f"✓ The listings are identical (bold lines): `{user}` inherited `{admin}`'s cgroups, "
-                   "the bug's precondition holds.")
-    else:
-        out.append("✗ The listings differ: the bug's precondition does not hold here.")
+    out: list[str] = []
+    for n, ev in enumerate(record.get("evidence") or [], start=1):
+        columns = ev.get("columns") or []
+        if not columns:
+            continue
+        listings = [[x.strip() for x in c.get("output", "").splitlines() if x.strip()] for c in columns]
+        common = set(listings[0]).intersection(*listings[1:])
+        title = "Evidence" if len(record.get("evidence")) == 1 else f"Evidence {n}"
+        out += ["", f"## 1. {title}: {ev.get('title', '')}", ""]
+        if ev.get("why"):
+            out += [ev["why"], ""]
+        out += ["| " + " | ".join(cell(f"{c.get('user', '')}$ {c.get('command', '')}") for c in columns) + " |",
+                "| " + " | ".join("---" for _ in columns) + " |"]
+        for i in range(max(len(x) for x in listings)):
+            cells = [x[i] if i < len(x) else "" for x in listings]
+            out.append("| " + " | ".join(f"**{code(c, True)}**" if c and c in common else code(c, True)
+                                         for c in cells) + " |")
+        wanted = {"same": "identical (bold lines)", "differ": "different", "any": "shown"}[ev.get("expect", "any")]
+        out += ["", f"{mark(bool(ev.get('holds')))} The outputs are {'' if ev.get('holds') else 'not '}{wanted}"
+                + (": the bug's precondition holds." if ev.get("holds") else ": the bug's precondition does not "
+                   "hold here.")]
     return out
 
 
-def fix_section(number: int, row: dict, steps: list[dict]) -> list[str]:
+def fix_section(number: int, record: dict, row: dict, steps: list[dict]) -> list[str]:
     out = ["", f"## {number}. {code(row['id'])}: {row.get('title', '')}", ""]
     if row.get("why"):
         out += [row["why"], ""]
@@ -140,14 +130,13 @@ def fix_section(number: int, row: dict, steps: list[dict]) -> list[str]:
             out += ["", f"{step.get('title', step['id'])}:", "", *step_block(step)]
     out += plumbing_note(steps)
     out += ["", f"Observed: **{row.get('observed', '')}** (expected **{row.get('expected', '')}**) — "
-                f"{mark(row.get('ok', False))} {verdict(row)}."]
+                f"{mark(row.get('ok', False))} {verdict(record, row)}."]
     facts = []
     if row.get("signature_matched"):
         facts.append("failure signature seen: " + "; ".join(code(s) for s in row["signature_matched"]))
-    if row.get("limit"):
-        facts.append(f"memory limit in force: {code(row['limit'])}")
-    if row.get("cgroup"):
-        facts.append(f"container cgroup: {code(row['cgroup'])}")
+    if row.get("fields"):
+        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row["fields"].items()))
+    facts += [f"log: {code(line)}" for line in (row.get("notes") or [])[-3:]]
     facts.append("cleaned up (and reverted) afterwards" if row.get("reverted")
                  else "**could not be cleaned up or reverted**")
     out += ["", *(f"- {fact}" for fact in facts)]
@@ -176,7 +165,7 @@ def result(record: dict) -> list[str]:
     if record.get("restored") is False:
         out.append("\nThe baseline did not come back after the fixes were reverted.")
     if record.get("stopped"):
-        out.append("\nThe run was stopped before every fix was tried.")
+        out.append(f"\nStopped by the presenter after {record['stopped']}; baseline restored.")
     if record.get("error"):
         out.append(f"\nThe run ended with an error: {record['error']}")
     return out
@@ -188,8 +177,8 @@ def render(record: dict) -> str:
     claimed = {s["id"] for row in rows for s in steps_of(record, row["id"])}
     out = header(record) + versions(record) + evidence(record)
     for number, row in enumerate(rows, start=2):
-        out += fix_section(number, row, steps_of(record, row["id"]))
-    shown_elsewhere = {"versions", "evidence-admin", "evidence-sudo"}
+        out += fix_section(number, record, row, steps_of(record, row["id"]))
+    shown_elsewhere = {"versions", *(i for ev in record.get("evidence") or [] for i in ev.get("steps", []))}
     others = [s for s in record.get("steps", []) if s["id"] not in claimed | shown_elsewhere
               and not is_plumbing(s["id"])]
     if others:

@@ -1,0 +1,1 @@
+"""Configuration, pure data and its validation: settings, targets, scenarios."""

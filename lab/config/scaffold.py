@@ -1,0 +1,38 @@
+"""lab.new: a commented scenario folder, copied from templates/scaffold/, that checks as it is."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from lab.config.scenario import ID, SCENARIO_FILE
+from lab.core.errors import LabError
+from lab.core.paths import PROJECT_DIR
+
+SCAFFOLD_DIR = PROJECT_DIR / "templates" / "scaffold"
+
+
+def scenario_id(folder: Path) -> str:
+    """An id made from the folder's name: lower-case letters, digits and '-'."""
+    sid = re.sub(r"[^a-z0-9-]+", "-", folder.resolve().name.lower()).strip("-")
+    sid = re.sub(r"^[^a-z]+", "", sid)[:40].rstrip("-") or "my-bug"
+    assert re.match(ID, sid)
+    return sid
+
+
+def scaffold(folder: Path) -> tuple[Path, str]:
+    """Copy the scaffold into folder (which must not exist yet); returns (folder, scenario id).
+    Raises LabError when the folder exists; nothing is written then."""
+    folder = folder.expanduser()
+    if folder.exists():
+        raise LabError(f"{folder} already exists; lab.new never overwrites anything",
+                       hint="give a new folder path")
+    sid = scenario_id(folder)
+    tmp = folder.with_name(f".{folder.name}.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(SCAFFOLD_DIR, tmp)
+    toml = tmp / SCENARIO_FILE
+    toml.write_text(toml.read_text(encoding="utf-8").replace("SCENARIO_ID", sid, 1), encoding="utf-8")
+    tmp.rename(folder)
+    return folder.resolve(), sid

@@ -1,0 +1,285 @@
+"""Lab settings: lab.toml < LAB_* environment < task flags, validated before anything runs.
+
+Every value that later reaches a shell script or the Vagrantfile is checked here against a strict
+pattern, so that quoting in the templates is a second line of defence, not the only one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lab.config import scenario as scenarios
+from lab.config.targets import Target, all_targets, get_target
+from lab.core.errors import LabError, SettingError, did_you_mean
+from lab.core.paths import LAB_NAME
+
+IDENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+URL_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]+$")
+BOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+PROVIDERS = ("auto", "libvirt", "virtualbox")
+ENV_PREFIX = "LAB_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one lab; the only thing the engine reads."""
+
+    target: str = "trusty"
+    scenario: str = scenarios.DEFAULT_SCENARIO
+    provider: str = "auto"
+    name: str = ""
+    cpus: int = 2
+    memory: int = 1024
+    fixes: tuple[str, ...] = ()
+    debian_mirror: str = "http://deb.debian.org/debian"
+    ubuntu_mirror: str = "http://archive.ubuntu.com/ubuntu"
+    ubuntu_old_mirror: str = "http://old-releases.ubuntu.com/ubuntu"
+    ppa_url: str = "http://ppa.launchpad.net/ubuntu-lxc/lxc-stable/ubuntu"
+    iso_url: str = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
+    box: str = ""
+    boot_timeout: int = 900
+    ssh_timeout: int = 300
+    command_timeout: int = 300
+    build_timeout: int = 3600
+
+    @property
+    def target_data(self) -> Target:
+        return get_target(self.target)
+
+    @property
+    def scenario_data(self) -> scenarios.Scenario:
+        """The scenario, loaded and validated (cached while its file is unchanged)."""
+        return scenarios.load(self.scenario)
+
+    @property
+    def fix_ids(self) -> tuple[str, ...]:
+        """The fixes to try: the chosen ones, or every fix of the scenario on the target."""
+        return self.fixes or tuple(f.id for f in self.scenario_data.fixes_for(self.target))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+KEYS = tuple(f.name for f in fields(Settings))
+DEFAULTS = Settings()
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str, object, str], int]:
+    def check(key: str, value: object, source: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise SettingError(key, value, f"a whole number from {lo} to {hi}", source)
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingError(key, value, f"a whole number from {lo} to {hi}", source) from None
+        if not lo <= number <= hi:
+            raise SettingError(key, value, f"a whole number from {lo} to {hi}", source)
+        return number
+
+    return check
+
+
+def _pattern(regex: re.Pattern[str], allowed: str) -> Callable[[str, object, str], str]:
+    def check(key: str, value: object, source: str) -> str:
+        if not isinstance(value, str) or not regex.match(value):
+            raise SettingError(key, value, allowed, source)
+        return value
+
+    return check
+
+
+def _choice(choices: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Callable[[str, object, str], str]:
+    def check(key: str, value: object, source: str) -> str:
+        allowed = choices() if callable(choices) else choices
+        if value not in allowed:
+            hint = did_you_mean(str(value), allowed)
+            raise SettingError(key, value, f"one of {', '.join(allowed)}{hint}", source)
+        return str(value)
+
+    return check
+
+
+def _url(key: str, value: object, source: str) -> str:
+    allowed = "an http:// or https:// URL without spaces or shell characters"
+    if not isinstance(value, str) or not URL_CHARS.match(value):
+        raise SettingError(key, value, allowed, source)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingError(key, value, allowed, source)
+    return value.rstrip("/")
+
+
+def _fixes(key: str, value: object, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SettingError(key, value, "a list of fix ids (comma-separated in LAB_FIXES)", source)
+    for v in value:
+        if not IDENT.match(v):
+            raise SettingError(key, v, "fix ids such as pam-systemd, cgm", source)
+    return tuple(dict.fromkeys(value))
+
+
+def _scenario(key: str, value: object, source: str, base: Path | None = None) -> str:
+    """A shipped scenario id, or a folder with a scenario.toml (kept as an absolute path; relative
+    to the folder of lab.toml when it comes from there, else to the current directory)."""
+    if not isinstance(value, str) or not value or any(c in value for c in "\n\0"):
+        raise SettingError(key, value, "a shipped scenario id or a folder path", source)
+    try:
+        folder = scenarios.resolve(value, base)
+    except LabError as exc:
+        raise SettingError(key, value, f"{exc.message}; {exc.hint}", source) from None
+    return value if value in scenarios.shipped() else str(folder)
+
+
+def _box(key: str, value: object, source: str) -> str:
+    allowed = "'' (build the box), an existing .box file, or a box name like owner/name"
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise SettingError(key, value, allowed, source)
+    if value.endswith(".box"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise SettingError(key, value, f"{allowed} (no such file: {path})", source)
+        if not URL_CHARS.match(str(path.resolve())):
+            raise SettingError(key, value, f"{allowed} (a path without spaces or shell characters)", source)
+        return str(path.resolve())
+    if not BOX_NAME.match(value):
+        raise SettingError(key, value, allowed, source)
+    return value
+
+
+CHECKS: dict[str, Callable[[str, object, str], object]] = {
+    "target": _choice(lambda: tuple(all_targets())),
+    "scenario": _scenario,
+    "provider": _choice(PROVIDERS),
+    "name": _pattern(LAB_NAME, "lower-case letters, digits and '-', starting with a letter, at most 48"),
+    "cpus": _int_in(1, 16),
+    "memory": _int_in(512, 32768),
+    "fixes": _fixes,
+    "debian_mirror": _url,
+    "ubuntu_mirror": _url,
+    "ubuntu_old_mirror": _url,
+    "ppa_url": _url,
+    "iso_url": _url,
+    "box": _box,
+    "boot_timeout": _int_in(30, 7200),
+    "ssh_timeout": _int_in(5, 3600),
+    "command_timeout": _int_in(5, 3600),
+    "build_timeout": _int_in(60, 14400),
+}
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The raw keys of lab.toml; a missing default file is fine, an unreadable one is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabError(f"settings file {path} does not exist", hint="create it or pass --config") from None
+    except OSError as exc:
+        raise LabError(f"settings file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LabError(f"settings file {path} is not valid TOML: {exc}", hint="fix the line named") from None
+    for key in data:
+        if key not in KEYS:
+            raise LabError(
+                f"settings file {path}: unknown key {key!r}{did_you_mean(key, KEYS)}",
+                hint=f"known keys: {', '.join(KEYS)}",
+            )
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
+    """LAB_<KEY> variables; an unknown LAB_ variable is an error (a typo would be silently ignored)."""
+    found: dict[str, object] = {}
+    env_keys = {ENV_PREFIX + k.upper(): k for k in KEYS}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if var not in env_keys:
+            raise LabError(f"unknown environment variable {var}{did_you_mean(var, env_keys)}",
+                           hint=f"known: {', '.join(env_keys)}")
+        found[env_keys[var]] = value
+    return found
+
+
+def load(
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, object | None] | None = None,
+    project_dir: Path | None = None,
+) -> Settings:
+    """Merge lab.toml < LAB_* < flags and validate every value; raise LabError on the first bad one."""
+    project_dir = project_dir or Path.cwd()
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, Mapping[str, object]]] = []
+    if config is not None:
+        layers.append((str(config), read_config_file(config)))
+    elif (project_dir / "lab.toml").is_file():
+        layers.append(("lab.toml", read_config_file(project_dir / "lab.toml")))
+    layers.append(("environment", {f"LAB_{k.upper()}": v for k, v in env_overrides(environ).items()}))
+    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    merged: dict[str, tuple[object, str]] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            plain = key.removeprefix(ENV_PREFIX).lower() if source == "environment" else key
+            if plain not in KEYS:
+                raise LabError(f"unknown setting {plain!r}{did_you_mean(plain, KEYS)}")
+            label = key if source == "environment" else (f"--{key}" if source == "flags" else source)
+            merged[plain] = (value, label)
+    values = {}
+    for key, (value, source) in merged.items():
+        if key == "scenario" and source in ("lab.toml", str(config)):
+            values[key] = _scenario(key, value, source, (config.parent if config else project_dir).resolve())
+        else:
+            values[key] = CHECKS[key](key, value, source)
+    return _finish(values, merged)
+
+
+def _finish(values: dict[str, object], merged: Mapping[str, tuple[object, str]]) -> Settings:
+    """Cross-key checks: the scenario loads and supports the target; name defaults to
+    <scenario>-<target>; fixes and provider must fit the target."""
+    target = get_target(str(values.get("target", DEFAULTS.target)))
+    scenario = scenarios.load(str(values.get("scenario", DEFAULTS.scenario)))
+    if target.name not in scenario.target_names:
+        source = merged.get("target", (None, "lab.toml default"))[1]
+        raise SettingError("target", target.name, f"a target of scenario {scenario.id}: "
+                           f"{', '.join(scenario.target_names)}", source)
+    values.setdefault("name", f"{scenario.id}-{target.name}"[:48].rstrip("-"))
+    fix_ids = [f.id for f in scenario.fixes_for(target.name)]
+    for fix_id in values.get("fixes", ()):  # type: ignore[union-attr]
+        if fix_id not in fix_ids:
+            source = merged.get("fixes", (None, "fixes"))[1]
+            raise SettingError("fixes", fix_id, f"fixes of scenario {scenario.id} on {target.name}: "
+                               f"{', '.join(fix_ids)}{did_you_mean(str(fix_id), fix_ids)}", source)
+    provider = values.get("provider", DEFAULTS.provider)
+    if provider != "auto" and provider not in target.providers:
+        raise SettingError("provider", provider, f"for target {target.name}: {', '.join(target.providers)}",
+                           merged["provider"][1])
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def from_json(text: str, source: str) -> Settings:
+    """Settings saved by lab.up, re-validated (the file may have been edited by hand)."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabError(f"{source} is not valid JSON: {exc}", hint="run lab.up again or delete it") from None
+    if not isinstance(raw, dict):
+        raise LabError(f"{source} does not hold settings", hint="run lab.up again or delete it")
+    merged = {k: (v, source) for k, v in raw.items()}
+    for key in raw:
+        if key not in KEYS:
+            raise LabError(f"{source}: unknown key {key!r}", hint="run lab.up again or delete it")
+    values = {k: CHECKS[k](k, v, source) for k, v in raw.items()}
+    return _finish(values, merged)

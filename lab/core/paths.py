@@ -1,0 +1,97 @@
+"""Where state lives: .lab/<name>/ per lab in the checkout, boxes in an XDG cache directory."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.errors import LabError
+from lab.core.files import write_files
+
+LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")  # also a libvirt domain name, a hostname label
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
+STATE_ROOT_NAME = ".lab"
+CURRENT = "current"
+
+
+def state_root(project_dir: Path | None = None) -> Path:
+    """.lab/ of the checkout (the current directory unless project_dir is given)."""
+    return (project_dir or Path.cwd()) / STATE_ROOT_NAME
+
+
+def cache_dir() -> Path:
+    """$LAB_CACHE_DIR_OVERRIDE is for tests; otherwise $XDG_CACHE_HOME/cgroup-lab."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cgroup-lab"
+
+
+@dataclass(frozen=True)
+class LabDir:
+    """The files of one lab: rendered Vagrantfile and scripts, SSH key, known_hosts, reports."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def vagrantfile(self) -> Path:
+        return self.root / "Vagrantfile"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def private_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def public_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519.pub"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+
+def lab_dir(name: str, project_dir: Path | None = None) -> LabDir:
+    """The LabDir of the lab called name under .lab/."""
+    return LabDir(state_root(project_dir) / name)
+
+
+def remember_current(name: str, project_dir: Path | None = None) -> None:
+    """Record the lab that lab.up brought up last, for verify/status/ssh/destroy."""
+    write_files(state_root(project_dir), {CURRENT: name + "\n"})
+
+
+def current_name(project_dir: Path | None = None) -> str:
+    """The lab lab.up last brought up here; a clear error when there is none."""
+    path = state_root(project_dir) / CURRENT
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise LabError("no lab has been brought up in this checkout", hint="run: invoke lab.up") from None
+    if not LAB_NAME.match(name):
+        raise LabError(f"{path} names no valid lab ({name!r})", hint="delete it and run: invoke lab.up")
+    return name

@@ -1,0 +1,218 @@
+"""The libvirt side of a lab: daemons on hosts without systemd, the storage pool, the lab's own
+network address, and cleaning up exactly the domain, volume and network named after the lab."""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from lab.core import console
+from lab.core.errors import LabError, TestbedError, ToolMissing
+from lab.host import tools
+
+URI = "qemu:///system"
+POOL = "default"
+POOL_PATH = "/var/lib/libvirt/images"
+
+
+def virsh(*args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+    if not shutil.which("virsh"):
+        raise ToolMissing("virsh is not installed", hint=tools.hint("virsh"))
+    try:
+        result = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        raise TestbedError(f"virsh {' '.join(args)} did not answer within {timeout:.0f}s",
+                       hint="is libvirtd hung? see: invoke lab.doctor") from None
+    if check and result.returncode != 0:
+        raise TestbedError(f"virsh {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def reachable() -> bool:
+    return shutil.which("virsh") is not None and virsh("version", timeout=15).returncode == 0
+
+
+def systemd_is_init() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+KVM_NODE = Path("/dev/kvm")
+
+
+def kvm_node_needs_fixing() -> bool:
+    """/dev/kvm exists but the qemu user cannot open it (udev would make it root:kvm 0660).
+
+    libvirt then finds KVM at probe time (as root) but "not available now" (as libvirt-qemu) and
+    throws its capability cache away on every call: each domain define or snapshot revert
+    re-probes qemu for about a minute."""
+    if not KVM_NODE.exists():
+        return False
+    st = KVM_NODE.stat()
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return False
+    return not (st.st_gid == kvm_gid and st.st_mode & 0o060 == 0o060)
+
+
+def ensure_kvm_node() -> None:
+    """On hosts without udev, give /dev/kvm the owner and mode udev's default rule gives it."""
+    if kvm_node_needs_fixing() and os.geteuid() == 0 and not Path("/run/udev/control").exists():
+        os.chown(KVM_NODE, 0, grp.getgrnam("kvm").gr_gid)
+        os.chmod(KVM_NODE, 0o660)
+        console.info("set /dev/kvm to root:kvm 0660, as udev would (libvirt re-probes qemu on every call otherwise)")
+
+
+def ensure_daemons() -> None:
+    """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1."""
+    ensure_kvm_node()
+    if reachable():
+        return
+    if systemd_is_init():
+        raise LabError("libvirtd does not answer", hint="run: systemctl start libvirtd virtlogd")
+    if os.geteuid() != 0:
+        raise LabError("libvirtd does not answer and starting it needs root",
+                       hint="as root: /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d")
+    for daemon in ("virtlogd", "libvirtd"):
+        path = Path("/usr/sbin") / daemon
+        if not path.exists():
+            raise ToolMissing(f"{daemon} is not installed", hint=tools.hint(daemon))
+        running = subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0
+        if not running:
+            console.info(f"starting {daemon} (no systemd on this host)")
+            subprocess.run([str(path), "-d"], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if reachable():
+            return
+        time.sleep(0.5)
+    raise LabError("started libvirtd, but it did not answer within 30s", hint="see /var/log/libvirt/libvirtd.log")
+
+
+def ensure_pool() -> None:
+    """vagrant-libvirt uploads boxes into the 'default' pool; a fresh libvirt has none."""
+    info = virsh("pool-info", POOL)
+    if info.returncode != 0:
+        Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
+        virsh("pool-define-as", POOL, "dir", "--target", POOL_PATH, check=True)
+        virsh("pool-autostart", POOL)
+        info = virsh("pool-info", POOL)
+    if not re.search(r"State:\s+running", info.stdout):
+        virsh("pool-start", POOL, check=True)
+
+
+def used_octets(exclude_network: str) -> set[int]:
+    """Third octets of 192.168.x.0/24 subnets in use by other libvirt networks or host interfaces."""
+    used: set[int] = set()
+    names = virsh("net-list", "--all", "--name").stdout.split()
+    for net in names:
+        if net == exclude_network:
+            continue
+        xml = virsh("net-dumpxml", net).stdout
+        used.update(int(m) for m in re.findall(r"address=['\"]192\.168\.(\d+)\.", xml))
+    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
+    used.update(int(m) for m in re.findall(r"inet 192\.168\.(\d+)\.", addrs))
+    return used
+
+
+def pick_octet(preferred: int, network: str, current: int | None = None) -> int:
+    """The lab's subnet: keep the one it had, else the preferred one, else the next free one."""
+    used = used_octets(network)
+    for candidate in ([current] if current else []) + [preferred] + list(range(100, 220)):
+        if candidate and candidate not in used:
+            return candidate
+    raise LabError("no free 192.168.100-219.0/24 subnet for the lab's network",
+                   hint="destroy labs you no longer need: invoke lab.destroy --name NAME")
+
+
+def domain_exists(domain: str) -> bool:
+    return virsh("dominfo", domain).returncode == 0
+
+
+def domain_state(domain: str) -> str:
+    """running, shut off, paused, ... or "not created"."""
+    result = virsh("domstate", domain)
+    return result.stdout.strip() if result.returncode == 0 else "not created"
+
+
+def owner_mark(lab_root: Path) -> str:
+    """The mark a lab writes into its domain's description (vagrant-libvirt's `description`) when
+    the domain is created: the lab directory's absolute path, unique per checkout and lab."""
+    return f"cgroup-lab lab {lab_root.resolve()}"
+
+
+def domain_owner(domain: str) -> str | None:
+    """The domain's description (our owner mark, or whatever else is there); None if no such domain."""
+    result = virsh("desc", domain)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def network_users(network: str, besides: str = "") -> list[str]:
+    """Domains other than `besides` whose interfaces use the network."""
+    users = []
+    for dom in virsh("list", "--all", "--name").stdout.split():
+        if dom != besides and f"network='{network}'" in virsh("dumpxml", "--inactive", dom).stdout:
+            users.append(dom)
+    return users
+
+
+def cleanup(domain: str, network: str, owner: str) -> list[str]:
+    """Remove the lab's domain (with its volumes and snapshots) and its network, but only what is
+    ours: the domain when its description is our owner mark, the network when no other domain uses
+    it. Says what was removed."""
+    removed = []
+    mark = domain_owner(domain)
+    if mark is not None and mark != owner:
+        raise LabError(f"domain {domain} belongs to someone else ({mark or 'no owner mark'}); not touching it",
+                       hint="give this lab another name: --name NAME")
+    if mark is not None:
+        delete_snapshots(domain)
+        if domain_state(domain) != "shut off":
+            virsh("destroy", domain)
+        result = virsh("undefine", domain, "--remove-all-storage", "--nvram")
+        if result.returncode != 0:
+            virsh("undefine", domain, "--remove-all-storage", check=True)
+        removed.append(f"domain {domain}")
+        for vol in (f"{domain}.img",):
+            if virsh("vol-info", vol, "--pool", POOL).returncode == 0:
+                virsh("vol-delete", vol, "--pool", POOL, check=True)
+                removed.append(f"volume {vol}")
+    if virsh("net-info", network).returncode == 0 and not network_users(network, besides=domain):
+        virsh("net-destroy", network)
+        virsh("net-undefine", network, check=True)
+        removed.append(f"network {network}")
+    return removed
+
+
+BASELINE_SNAPSHOT = "lab-baseline"
+
+
+def snapshots(domain: str) -> list[str]:
+    result = virsh("snapshot-list", domain, "--name")
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+
+
+def snapshot_baseline(domain: str) -> None:
+    """An internal snapshot of the running, freshly provisioned VM (disk and memory)."""
+    if BASELINE_SNAPSHOT in snapshots(domain):
+        virsh("snapshot-delete", domain, BASELINE_SNAPSHOT, check=True, timeout=300)
+    virsh("snapshot-create-as", domain, BASELINE_SNAPSHOT, "--description",
+          "cgroup-lab: freshly provisioned baseline", "--atomic", check=True, timeout=600)
+
+
+def revert_baseline(domain: str) -> None:
+    if BASELINE_SNAPSHOT not in snapshots(domain):
+        raise LabError(f"{domain} has no baseline snapshot", hint="run lab.up again to take one")
+    virsh("snapshot-revert", domain, BASELINE_SNAPSHOT, "--running", "--force", check=True, timeout=600)
+
+
+def delete_snapshots(domain: str) -> None:
+    """libvirt refuses to undefine a domain that still has snapshots."""
+    for name in snapshots(domain):
+        virsh("snapshot-delete", domain, name, "--metadata", timeout=120)

@@ -1,0 +1,53 @@
+"""Build the trusty box with Packer from the Ubuntu 14.04.6 server ISO (packer/trusty.pkr.hcl).
+
+Packer provisions the kernel stage only (apt sources, the vivid kernel); the lab stage runs under
+Vagrant after the reboot into 3.19, where lab.up asserts the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lab.config.settings import Settings
+from lab.core import console
+from lab.core.paths import PROJECT_DIR
+from lab.host import accel, proc
+from lab.host.providers import resolve_provider
+from lab.images.common import free_port, vagrant_insecure_keys
+from lab.render.lab import LabFacts, default_network_octet, provision_plan, render_script
+
+
+def packer_source(provider: str) -> str:
+    return "virtualbox-iso.trusty" if provider == "virtualbox" else "qemu.trusty"
+
+
+def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
+    provider = resolve_provider(settings)
+    facts = LabFacts(provider=provider, libvirt_driver=accel.libvirt_driver(), box_name="", box_url="",
+                     public_key="", network_octet=default_network_octet(settings.name))
+    _, _, kernel_stage = provision_plan(settings)[0]
+    scripts = []
+    for i, script in enumerate(kernel_stage, start=1):
+        path = work / f"{i:02d}-{Path(script.name).name.split('-', 2)[-1]}"
+        path.write_text(render_script(settings, facts, script), encoding="utf-8")
+        path.chmod(0o755)
+        scripts.append(str(path))
+    _, public = vagrant_insecure_keys()
+    box = work / f"trusty-{provider}.box"
+    variables = {"scripts": scripts, "iso_url": settings.iso_url,
+                 "qemu_accelerator": accel.packer_accelerator(), "cpus": settings.cpus,
+                 "memory": settings.memory, "http_directory": str(PROJECT_DIR / "packer" / "http"),
+                 "ssh_port": free_port(), "vagrant_public_key": public.read_text().strip(),
+                 "output_directory": str(work / "packer-out"), "output": str(box)}
+    var_file = work / "vars.json"
+    var_file.write_text(json.dumps(variables, indent=1))
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1"}
+    with console.step(f"packer build {packer_source(provider)} from the Ubuntu 14.04.6 ISO",
+                      "the ISO download, the unattended install and the kernel stage (tens of minutes)",
+                      verbose) as out:
+        proc.run(["packer", "build", "-color=false", f"-only={packer_source(provider)}", "-var-file", str(var_file),
+                  str(PROJECT_DIR / "packer" / "trusty.pkr.hcl")], step="packer build", timeout=settings.build_timeout,
+                 waiting_for="packer", env=env, cwd=work, on_line=out)
+    return box

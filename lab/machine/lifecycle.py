@@ -1,0 +1,350 @@
+"""The lab's verbs: render, up, reset, status, ssh, destroy, connect. Each takes validated Settings,
+acts on .lab/<name>/ under the lab's lock, moves its lifecycle state, and touches only libvirt
+objects that carry this lab's owner mark."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from lab.config.settings import Settings, from_json
+from lab.core import console, paths
+from lab.core.errors import LabError, TestbedError, ToolMissing
+from lab.core.files import write_files
+from lab.host import accel, libvirt, proc, tools
+from lab.host.providers import resolve_provider
+from lab.images.build import build, cached_box
+from lab.machine import state
+from lab.machine.state import Phase
+from lab.machine.vagrant import LabVagrant, box_add, box_names
+from lab.remote.keys import ensure_keypair
+from lab.remote.ssh import Endpoint, Remote
+from lab.render.lab import LabFacts, default_network_octet, provision_plan, render_all
+from lab.render.plan import plan
+
+FACTS = "facts.json"
+ENDPOINT = "endpoint.json"
+
+
+def domain_name(settings: Settings) -> str:
+    return f"lab-{settings.name}"
+
+
+def box_for(settings: Settings) -> tuple[str, str]:
+    """(vagrant box name, box file path or '') for the lab: a local .box, a named box, or the cache."""
+    if settings.box.endswith(".box"):
+        path = Path(settings.box)
+        digest = hashlib.sha256(f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+        return f"cgroup-lab/local-{settings.target}-{digest[:12]}", str(path)
+    if settings.box:
+        return settings.box, ""
+    box = cached_box(settings)
+    return box.name, str(box.path)
+
+
+def facts_for(settings: Settings, lab: paths.LabDir, provider: str, probe_network: bool) -> LabFacts:
+    """The lab's facts: its key (made once), box, accelerator, a free /24 (probed when asked)."""
+    public_key = ensure_keypair(lab.private_key, lab.public_key, f"cgroup-lab-{settings.name}")
+    box_name, box_url = box_for(settings)
+    octet = default_network_octet(settings.name)
+    if probe_network and provider == "libvirt":
+        octet = libvirt.pick_octet(octet, domain_name(settings), _saved_octet(lab))
+    driver = accel.libvirt_driver() if provider == "libvirt" and probe_network else "qemu"
+    return LabFacts(provider=provider, libvirt_driver=driver, box_name=box_name, box_url=box_url,
+                    public_key=public_key, network_octet=octet, owner=libvirt.owner_mark(lab.root))
+
+
+def load_facts(lab: paths.LabDir) -> LabFacts:
+    """The facts lab.up rendered the lab with (provider, box, network), as it saved them."""
+    try:
+        return LabFacts(**json.loads((lab.root / FACTS).read_text()))
+    except FileNotFoundError:
+        raise LabError(f"lab {lab.name} has not been rendered ({lab.root / FACTS} is missing)",
+                       hint="run: invoke lab.up") from None
+    except (ValueError, TypeError) as exc:
+        raise LabError(f"{lab.root / FACTS} is damaged ({exc})", hint="run: invoke lab.up") from None
+
+
+def _saved_octet(lab: paths.LabDir) -> int | None:
+    try:
+        return load_facts(lab).network_octet
+    except LabError:
+        return None
+
+
+def render_lab(settings: Settings, out: Path | None = None, probe_network: bool = False) -> Path:
+    """Write the Vagrantfile, the provisioning scripts and the scenario's scripts into out (default
+    .lab/<name>/); start nothing."""
+    lab = paths.LabDir(out) if out else paths.lab_dir(settings.name)
+    provider = resolve_provider(settings)
+    facts = facts_for(settings, lab, provider, probe_network)
+    files = render_all(settings, facts)
+    files.update(plan(settings, facts).scripts)
+    files["settings.json"] = settings.to_json() + "\n"
+    files[FACTS] = json.dumps(facts.__dict__, indent=2, sort_keys=True) + "\n"
+    write_files(lab.root, files)
+    return lab.root
+
+
+def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settings:
+    """The settings saved by lab.up for this lab (default: the one brought up last)."""
+    name = name or paths.current_name(project_dir)
+    lab = paths.lab_dir(name, project_dir)
+    try:
+        text = lab.settings_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabError(f"lab {name!r} has not been brought up here ({lab.settings_file} is missing)",
+                       hint=f"run: invoke lab.up --name {name}") from None
+    return from_json(text, str(lab.settings_file))
+
+
+def require_provider(provider: str) -> None:
+    """The provider's tools are there and libvirt answers (started by hand without systemd)."""
+    if provider == "libvirt":
+        tools.require("vagrant", "virsh")
+        out = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120).output
+        if "vagrant-libvirt" not in out:
+            raise ToolMissing("the vagrant-libvirt plugin is missing", hint=tools.hint("vagrant-libvirt"))
+        libvirt.ensure_daemons()
+        libvirt.ensure_pool()
+    else:
+        tools.require("VBoxManage")
+
+
+def _vagrant(lab: paths.LabDir, timeout: float, waiting: str, on_line=None) -> LabVagrant:  # type: ignore[no-untyped-def]
+    return LabVagrant(lab.root, timeout=timeout, on_line=on_line, step=waiting)
+
+
+def _claim(settings: Settings, lab: paths.LabDir, provider: str) -> None:
+    """Refuse, before any work, a domain of this name that another checkout or something else owns."""
+    if provider != "libvirt":
+        return
+    mark = libvirt.domain_owner(domain_name(settings))
+    if mark is not None and mark != libvirt.owner_mark(lab.root):
+        raise LabError(f"the libvirt domain {domain_name(settings)} belongs to someone else "
+                       f"({mark or 'no cgroup-lab owner mark'}); not touching it",
+                       hint="give this lab another name: --name NAME")
+
+
+def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> None:
+    """Bring the lab to `provisioned`: build the box if needed, vagrant up, provision, take the
+    baseline snapshot once. A lab that is already provisioned is only checked, never re-provisioned
+    or re-snapshotted. Raises LabBusy, LabError, TestbedError."""
+    lab = paths.lab_dir(settings.name)
+    tools.require(*(("vagrant", "virsh") if resolve_provider(settings) == "libvirt" else ("VBoxManage",)))
+    with state.locked(lab, "up"):
+        _up(settings, lab, verbose, force_build)
+
+
+def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool) -> None:
+    target = settings.target_data
+    provider = resolve_provider(settings)
+    if provider not in target.providers:
+        raise LabError(f"target {target.name} has no {provider} box",
+                       hint=f"use provider: {', '.join(target.providers)}")
+    require_provider(provider)
+    _claim(settings, lab, provider)
+    st = state.read(lab)
+    domain = domain_name(settings)
+    if st.phase in state.READY and provider == "libvirt":
+        running = libvirt.domain_state(domain)
+        if running == "running":
+            with console.step(f"lab {settings.name} is already up (baseline of {st.baseline_at}); checking SSH",
+                              "sshd in the guest"), connect(settings, connect_timeout=30):
+                pass
+            paths.remember_current(settings.name)
+            console.info(f"[green]✓[/] lab {settings.name} is up and answers; nothing re-provisioned. "
+                         "next: invoke lab.verify (or lab.reset for the baseline)")
+            return
+        if running != "not created":
+            console.info(f"lab {settings.name} is {running}: starting it from its baseline snapshot")
+            libvirt.revert_baseline(domain)
+            with connect(settings, connect_timeout=settings.ssh_timeout):
+                pass
+            paths.remember_current(settings.name)
+            console.info(f"[green]✓[/] lab {settings.name} is up again at its baseline")
+            return
+        console.info(f"lab {settings.name} was provisioned but its VM is gone: starting over")
+    if not settings.box:
+        build(settings, force=force_build, verbose=verbose)
+    paths.remember_current(settings.name)
+    if st.phase == Phase.UP or (provider == "libvirt" and libvirt.domain_owner(domain) is not None):
+        console.info("an earlier lab.up of this lab did not finish: removing what it left, then starting over")
+        _remove(settings, lab, provider)
+    render_lab(settings, probe_network=True)
+    state.advance(lab, Phase.RENDERED, "up")
+    facts = load_facts(lab)
+    if (settings.box.endswith(".box") or not settings.box) and facts.box_name not in box_names():
+        with console.step(f"vagrant box add {facts.box_name}", "the box to be unpacked", verbose) as out:
+            box_add(facts.box_name, Path(facts.box_url), timeout=900, on_line=out)
+    state.advance(lab, Phase.UP, "up")
+    try:
+        _boot_and_provision(settings, lab, provider, facts, verbose)
+    except BaseException:
+        left = libvirt.domain_state(domain) if provider == "libvirt" and libvirt.reachable() else "unknown"
+        what = "nothing" if left == "not created" else f"domain {domain} ({left})"
+        console.info(f"[yellow]lab.up did not finish; it left: {what}. The next lab.up cleans it up and starts "
+                     f"over; lab.destroy removes it.[/]")
+        raise
+    with console.step("SSH as the admin with the lab's key", "sshd in the guest", verbose), \
+            connect(settings, refresh=True) as remote:
+        result = remote.run("id -un; uname -r", step="first login")
+        if result.failed:
+            raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
+    taken = ""
+    if provider == "libvirt":
+        with console.step("snapshot of the provisioned VM (the baseline for lab.reset)",
+                          "libvirt to save disk and memory", verbose):
+            libvirt.snapshot_baseline(domain)
+        taken = state.now()
+    state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
+    console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
+                 f"next: invoke lab.verify")
+
+
+def _boot_and_provision(settings: Settings, lab: paths.LabDir, provider: str, facts: LabFacts,
+                        verbose: bool) -> None:
+    stages = provision_plan(settings)
+    up_timeout = settings.boot_timeout + 1800
+    for i, (stage, reboot, scripts) in enumerate(stages):
+        names = [s.id for s in scripts]
+        if i == 0:
+            title = f"vagrant up {domain_name(settings)} ({provider}, {facts.libvirt_driver}), provision {stage}"
+            waiting = ("the box upload into libvirt's pool (first time only, ~2 min), the boot (~1 min on TCG), "
+                       "SSH and provisioning")
+            with console.step(title, waiting, verbose) as out:
+                _vagrant(lab, up_timeout, waiting, out).up(provider=provider, provision_with=names)
+        else:
+            waiting = "the reboot into the new kernel, SSH and provisioning"
+            with console.step(f"vagrant reload, provision {stage}", waiting, verbose) as out:
+                _vagrant(lab, up_timeout, waiting, out).reload(provision_with=names)
+        if reboot and i == len(stages) - 1:
+            with console.step("vagrant reload", "the reboot", verbose) as out:
+                _vagrant(lab, up_timeout, "the reboot", out).reload(provision=False)
+
+
+def require_running(settings: Settings) -> None:
+    """Before connecting: libvirt says the domain runs, else a TestbedError in seconds with the
+    state and the next command (instead of waiting out the SSH timeout)."""
+    if resolve_provider(settings) != "libvirt":
+        return
+    libvirt.ensure_daemons()
+    now = libvirt.domain_state(domain_name(settings))
+    if now != "running":
+        raise TestbedError(f"the VM of lab {settings.name} ({domain_name(settings)}) is {now}",
+                           hint="next: invoke lab.up" + (" (it restores the baseline)" if now != "not created" else ""))
+
+
+def reset(settings: Settings) -> float:
+    """Back to the freshly provisioned VM through its baseline snapshot; returns seconds taken."""
+    lab = paths.lab_dir(settings.name)
+    with state.locked(lab, "reset"):
+        if resolve_provider(settings) != "libvirt":
+            raise LabError("lab.reset needs the libvirt provider", hint="use: invoke lab.destroy lab.up")
+        state.require(lab, "reset", *state.READY)
+        libvirt.ensure_daemons()
+        _claim(settings, lab, "libvirt")
+        started = time.monotonic()
+        with console.step(f"revert {domain_name(settings)} to its baseline snapshot",
+                          "libvirt to load disk and memory"):
+            libvirt.revert_baseline(domain_name(settings))
+        with console.step("SSH as the admin after the revert", "sshd in the guest"), connect(settings):
+            pass  # an authenticated session proves the guest is back
+        state.advance(lab, Phase.PROVISIONED, "reset")
+        return time.monotonic() - started
+
+
+def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
+    """The guest's SSH address: asked from Vagrant once per up (`vagrant ssh-config` costs ~2 s of
+    Ruby start-up), then read from .lab/<name>/endpoint.json."""
+    lab = paths.lab_dir(settings.name)
+    admin = settings.scenario_data.model.users.admin
+    saved = lab.root / ENDPOINT
+    if not refresh:
+        try:
+            data = json.loads(saved.read_text())
+            return Endpoint(host=str(data["host"]), port=int(data["port"]), user=admin, key_file=lab.private_key)
+        except (OSError, ValueError, KeyError):
+            pass
+    if not lab.vagrantfile.exists():
+        raise LabError(f"lab {settings.name} has no Vagrantfile", hint="run: invoke lab.up")
+    conf = LabVagrant(lab.root, timeout=120).conf(vm_name=domain_name(settings))
+    host, port = conf.get("HostName"), conf.get("Port", "22")
+    if not host:
+        raise TestbedError(f"Vagrant knows no address for {domain_name(settings)}",
+                           hint="is it running? invoke lab.status")
+    write_files(lab.root, {ENDPOINT: json.dumps({"host": host, "port": int(port)}) + "\n"})
+    return Endpoint(host=host, port=int(port), user=admin, key_file=lab.private_key)
+
+
+def connect(settings: Settings, refresh: bool = False, connect_timeout: float | None = None) -> Remote:
+    """A Remote to the lab's admin (not yet connected; use it as a context manager)."""
+    lab = paths.lab_dir(settings.name)
+    return Remote(endpoint(settings, refresh), lab.known_hosts,
+                  connect_timeout=connect_timeout or settings.ssh_timeout,
+                  command_timeout=settings.command_timeout, label=f"lab {settings.name}")
+
+
+def status(settings: Settings) -> dict[str, str]:
+    """What the lab is: scenario, target, lifecycle phase, the domain's and Vagrant's view."""
+    lab = paths.lab_dir(settings.name)
+    st = state.read(lab)
+    info = {"lab": settings.name, "scenario": settings.scenario_data.id, "target": settings.target,
+            "provider": resolve_provider(settings), "phase": f"{st.phase}" + (f" since {st.since} ({st.task})"
+                                                                             if st.since else ""),
+            "baseline": st.baseline_at or "none", "dir": str(lab.root)}
+    if info["provider"] == "libvirt" and libvirt.reachable():
+        info["domain"] = f"{domain_name(settings)}: {libvirt.domain_state(domain_name(settings))}"
+    if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists():
+        states = LabVagrant(lab.root, timeout=120).status()
+        info["vagrant"] = ", ".join(f"{s.name}: {s.state}" for s in states)
+    return info
+
+
+def ssh(settings: Settings, command: str | None = None) -> None:
+    """An interactive ssh session (or one command) as the admin, with the lab's key and known_hosts."""
+    require_running(settings)
+    lab = paths.lab_dir(settings.name)
+    ep = endpoint(settings)
+    argv = ["ssh", "-i", str(lab.private_key), "-p", str(ep.port), "-o", f"UserKnownHostsFile={lab.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{ep.user}@{ep.host}"]
+    if command:
+        argv[1:1] = ["-o", "BatchMode=yes"]
+        argv.append(command)
+    os.execvp("ssh", argv)
+
+
+def destroy(settings: Settings) -> list[str]:
+    """Remove the lab's VM, its volumes and its network (only what carries its owner mark); safe
+    to run twice and after a failed up. Returns what was removed."""
+    lab = paths.lab_dir(settings.name)
+    with state.locked(lab, "destroy"):
+        removed = _remove(settings, lab, resolve_provider(settings))
+        state.advance(lab, Phase.ABSENT, "destroy")
+        return removed
+
+
+def _remove(settings: Settings, lab: paths.LabDir, provider: str) -> list[str]:
+    removed: list[str] = []
+    domain = domain_name(settings)
+    if provider == "libvirt":
+        libvirt.ensure_daemons()
+        _claim(settings, lab, provider)
+        if libvirt.domain_owner(domain) is not None:
+            libvirt.delete_snapshots(domain)
+    if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() and shutil.which("vagrant"):
+        with console.step(f"vagrant destroy {domain}", "the VM to be removed"):
+            try:
+                LabVagrant(lab.root, timeout=300, step="vagrant destroy").destroy()
+            except LabError as exc:
+                console.info(f"[yellow]vagrant destroy failed ({exc.message}); cleaning up through libvirt[/]")
+    if provider == "libvirt" and libvirt.reachable():
+        removed += libvirt.cleanup(domain, domain, libvirt.owner_mark(lab.root))
+    shutil.rmtree(lab.root / ".vagrant", ignore_errors=True)
+    lab.known_hosts.unlink(missing_ok=True)
+    (lab.root / ENDPOINT).unlink(missing_ok=True)
+    return removed

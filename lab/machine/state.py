@@ -1,0 +1,109 @@
+"""The lab's lifecycle as a state machine persisted in .lab/<name>/state.json, and its lock.
+
+Phases: absent -> rendered -> up (the VM may exist, provisioning not finished) -> provisioned
+(baseline snapshot taken, once) -> verified. Every task reads the phase, refuses a move that makes
+no sense with the next command to run, and records where it got to (Test Kitchen's `last_action`).
+The lock (flock on .lab/<name>/lock) makes one command at a time act on a lab; a second one is
+told within a second who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from lab.core.errors import LabBusy, LabError
+from lab.core.files import write_files
+from lab.core.paths import LabDir
+
+
+class Phase(StrEnum):
+    ABSENT = "absent"
+    RENDERED = "rendered"
+    UP = "up"
+    PROVISIONED = "provisioned"
+    VERIFIED = "verified"
+
+
+READY = (Phase.PROVISIONED, Phase.VERIFIED)
+NEXT_COMMAND = {Phase.ABSENT: "invoke lab.up", Phase.RENDERED: "invoke lab.up",
+                Phase.UP: "invoke lab.up (it cleans up the unfinished one and starts over)",
+                Phase.PROVISIONED: "invoke lab.verify", Phase.VERIFIED: "invoke lab.verify"}
+
+
+@dataclass(frozen=True)
+class LabState:
+    """phase, when it was reached (UTC), by which task; baseline_at: when the baseline snapshot was
+    taken (empty before)."""
+
+    phase: Phase = Phase.ABSENT
+    since: str = ""
+    task: str = ""
+    baseline_at: str = ""
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read(lab: LabDir) -> LabState:
+    """The lab's recorded state; ABSENT when none was recorded (LabError if the file is damaged)."""
+    try:
+        raw = json.loads(lab.state_file.read_text(encoding="utf-8"))
+        return LabState(**{**raw, "phase": Phase(raw["phase"])})
+    except FileNotFoundError:
+        return LabState()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LabError(f"{lab.state_file} is damaged ({exc})", hint="run: invoke lab.destroy, then lab.up") from None
+
+
+def advance(lab: LabDir, phase: Phase, task: str, **extra: str) -> LabState:
+    """Record that task brought the lab to phase (atomically)."""
+    old = read(lab)
+    new = LabState(phase=phase, since=now(), task=task,
+                   baseline_at=extra.get("baseline_at", old.baseline_at if phase != Phase.ABSENT else ""))
+    write_files(lab.root, {lab.state_file.name: json.dumps({**asdict(new), "phase": str(phase)}, indent=2) + "\n"})
+    return new
+
+
+def require(lab: LabDir, doing: str, *phases: Phase) -> LabState:
+    """The state, if its phase is one of phases; else LabError naming the phase and the next command."""
+    st = read(lab)
+    if st.phase not in phases:
+        when = f" since {st.since} ({st.task})" if st.since else ""
+        raise LabError(f"cannot {doing}: lab {lab.name} is {st.phase}{when}",
+                       hint=f"next: {NEXT_COMMAND[st.phase]}")
+    return st
+
+
+@contextmanager
+def locked(lab: LabDir, task: str) -> Iterator[None]:
+    """Hold the lab's lock for the duration of task; LabBusy at once if another command holds it."""
+    lab.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lab.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            raise LabBusy(f"lab {lab.name} is busy: lab.{holder.get('task', '?')} (PID {holder.get('pid', '?')}) "
+                          f"holds it since {holder.get('since', '?')}",
+                          hint="wait for it to finish, or stop that command (Ctrl-C in its terminal)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"task": task, "pid": os.getpid(), "since": now()}).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,71 @@
+"""The only place that knows Vagrant: python-vagrant with our timeouts, progress and exit checks.
+
+python-vagrant builds the command lines; we run them through lab.proc so that every call has a
+timeout, streams progress, and a non-zero exit becomes a clear LabError (python-vagrant's
+status()/ssh_config() would otherwise return output of a failed command).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import vagrant
+
+from lab.core.errors import LabError
+from lab.host import proc, tools
+
+
+class LabVagrant(vagrant.Vagrant):
+    """python-vagrant, with every call bounded in time and checked."""
+
+    def __init__(self, root: Path, *, timeout: float, on_line: Callable[[str], None] | None = None,
+                 step: str = "vagrant") -> None:
+        env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1",
+               "VAGRANT_DEFAULT_PROVIDER": os.environ.get("VAGRANT_DEFAULT_PROVIDER", "libvirt")}
+        super().__init__(root=str(root), env=env)
+        tools.vagrant_exe()
+        self.timeout = timeout
+        self.on_line = on_line
+        self.step = step
+
+    def _call_vagrant_command(self, args: list[str | None]) -> None:  # type: ignore[override]
+        command = self._make_vagrant_command(args)
+        proc.run(command, step=f"vagrant {args[0]}", timeout=self.timeout, waiting_for=self.step,
+                 env=self.env, cwd=Path(self.root), on_line=self.on_line)
+
+    def _run_vagrant_command(self, args: list[str | None]) -> str:  # type: ignore[override]
+        command = self._make_vagrant_command(args)
+        try:
+            result = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
+                                    timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"vagrant {args[0]} did not answer within {self.timeout:.0f}s") from None
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+            raise LabError(f"vagrant {args[0]} failed (exit {result.returncode}): " + " / ".join(last))
+        return result.stdout
+
+    def _stream_vagrant_command(self, args: list[str | None]):  # type: ignore[override]
+        self._call_vagrant_command(args)
+        return iter(())
+
+
+def box_names(timeout: float = 120) -> set[str]:
+    """Boxes Vagrant already has (name only)."""
+    result = proc.run([tools.vagrant_exe(), "box", "list", "--machine-readable"], step="vagrant box list",
+                      timeout=timeout)
+    names = set()
+    for line in result.output.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 4 and parts[2] == "box-name":
+            names.add(parts[3])
+    return names
+
+
+def box_add(name: str, box_file: Path, timeout: float, on_line: Callable[[str], None] | None = None) -> None:
+    proc.run([tools.vagrant_exe(), "box", "add", "--force", "--name", name, str(box_file)], step="vagrant box add",
+             timeout=timeout, waiting_for="the box to be unpacked into ~/.vagrant.d", on_line=on_line,
+             env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})

@@ -1,0 +1,1 @@
+"""The remote side: the SSH connection, persistent shells, the lab's keys."""

@@ -1,0 +1,140 @@
+"""What the presenter sees while lab.verify runs: each try's why, the command as typed, salient
+output, and a verdict against the expectation ("fails, as the bug predicts" is green); --step
+pauses before each try on a single key press."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from lab.core.console import console
+from lab.render.plan import Plan, PlannedEvidence, PlannedTry
+from lab.run.judge import StepRecord, TryRecord, lines, verdict_words, words
+
+MAX_LINES = 8
+
+
+class Stop(Exception):
+    """The presenter pressed q: the run stops after restoring the baseline."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__(after)
+        self.after = after
+
+
+def salient(text: str, limit: int = MAX_LINES) -> list[str]:
+    """The last non-empty lines of an output, where the error usually is."""
+    return [line for line in text.splitlines() if line.strip()][-limit:]
+
+
+def read_key() -> str:
+    """One key press from the terminal, without waiting for Enter (termios cbreak mode)."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        return sys.stdin.read(1)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+class Live:
+    """The live presenter of one run of a plan."""
+
+    def __init__(self, plan: Plan, step_mode: bool = False) -> None:
+        self.plan = plan
+        self.step_mode = step_mode
+        if step_mode and not sys.stdin.isatty():
+            console.print("[yellow]--step needs a terminal to read key presses; running through without pauses[/]")
+            self.step_mode = False
+
+    def versions(self, text: str) -> None:
+        console.rule(f"[bold]{escape(self.plan.title)}[/] [dim]on {escape(self.plan.target_title)}[/]")
+        console.print(f"[dim]guest: {escape(' | '.join(salient(text)))}[/]")
+
+    def evidence(self, ev: PlannedEvidence, steps: list[StepRecord], holds: bool) -> None:
+        console.print(f"\n[bold]Evidence[/] — {escape(ev.title)}")
+        if ev.why:
+            console.print(f"[dim]{escape(ev.why)}[/]")
+        table = Table(show_lines=False, expand=True)
+        columns = [lines(s.stdout + s.stderr) for s in steps]
+        common = set(columns[0]).intersection(*columns[1:]) if columns else set()
+        for s in steps:
+            table.add_column(f"{s.user}$ {s.command}", overflow="fold")
+        for i in range(max(len(c) for c in columns)):
+            cells = [c[i] if i < len(c) else "" for c in columns]
+            table.add_row(*(f"[yellow]{escape(x)}[/]" if x and x in common else escape(x) for x in cells))
+        console.print(table)
+        wanted = {"same": "identical (marked lines)", "differ": "different", "any": "shown"}[ev.expect]
+        mark = "[green]✓" if holds else "[red]✗"
+        console.print(f"{mark} the outputs are {'' if holds else 'not '}{wanted}[/]"
+                      + ("" if holds else ": the bug's precondition does not hold here"))
+
+    def pause(self, next_id: str, after: str) -> None:
+        if not self.step_mode:
+            return
+        console.print(f"[dim]next: {escape(next_id)} — Enter or space to go on, q to stop and restore: [/]", end="")
+        key = read_key()
+        console.print()
+        if key.lower() == "q":
+            raise Stop(after)
+
+    def try_header(self, label: str, t: PlannedTry, announce: str = "") -> None:
+        head = announce or ("baseline: the bug" if label == "baseline" else f"fix {label}")
+        console.print(Panel(f"[bold]{escape(t.title)}[/]\n[dim]{escape(t.why)}[/]\n"
+                            f"expected: {escape(t.expected)} ({escape(words(self.plan.outcomes, t.expected))})",
+                            title=escape(head), title_align="left", expand=True))
+
+    def before(self, command: str, user: str) -> None:
+        console.print(f"[cyan]{escape(user)}$[/] {escape(command)}")
+
+    def after(self, step: StepRecord) -> None:
+        for line in salient(step.stdout + "\n" + step.stderr):
+            console.print(f"   [dim]{escape(line[:200])}[/]")
+        guest = f", guest {step.guest_seconds:.2f}s" if step.guest_seconds is not None else ""
+        console.print(f"   [dim]exit {step.exit_code} in {step.seconds:.2f}s{guest}[/]")
+
+    def outcome(self, rec: TryRecord) -> None:
+        shown = ", ".join(f"{k}={v}" for k, v in rec.fields.items())
+        if shown:
+            console.print(f"   [dim]observed: {escape(shown[:300])}[/]")
+        for line in rec.notes[-3:]:
+            console.print(f"   [dim]log: {escape(line[:200])}[/]")
+        if rec.signature_matched:
+            console.print(f"   [dim]signature seen: {escape(rec.signature_matched[0])}[/]")
+        colour, mark = ("green", "✓") if rec.ok else ("red", "✗")
+        text = verdict_words(self.plan.outcomes, {**rec.__dict__, "reverted": True})
+        console.print(f"[{colour}]{mark} {escape(text)}[/]\n")
+
+    def reverted(self, fix_id: str, step: StepRecord) -> None:
+        if step.ok:
+            console.print(f"   [dim]reverted {escape(fix_id)}[/]")
+        else:
+            console.print(f"[red]✗ could not revert {escape(fix_id)}: {escape(step.stderr.strip())}[/]")
+
+    def written(self, path: Path) -> None:
+        console.print(f"[dim]report: {escape(str(path))}[/]")
+
+    def summary(self, rec: dict) -> None:
+        table = Table(title=f"{rec['scenario']['id']} on {rec['target']}: fix matrix", expand=False)
+        for col in ("fix", "expected", "observed", "verdict"):
+            table.add_column(col)
+        for row in [rec.get("baseline"), *rec.get("fixes", []), rec.get("baseline_restored")]:
+            if row:
+                table.add_row(escape(row["id"]), row["expected"], row["observed"],
+                              "[green]as expected[/]" if row["ok"] else "[red]NOT as expected[/]")
+        console.print(table)
+        if rec.get("stopped"):
+            console.print(f"[bold yellow]■ stopped by the presenter after {escape(rec['stopped'])}; "
+                          f"baseline restored[/] ({rec['seconds']:.1f}s)")
+        elif rec["ok"]:
+            console.print(f"[bold green]✓ every step met its expectation[/] ({rec['seconds']:.1f}s)")
+        else:
+            console.print(f"[bold red]✗ some step did not meet its expectation[/] ({rec['seconds']:.1f}s)")
