@@ -341,3 +341,18 @@ def test_packer_template_has_both_sources_and_tcg_default(tmp_path: Path) -> Non
     assert "virtualbox-iso.trusty" in result.stdout and "qemu.trusty" in result.stdout
     assert 'var.qemu_accelerator: "tcg"' in result.stdout
     assert f'var.iso_checksum: "sha256:{ISO_SHA256}"' in result.stdout
+
+
+def test_the_ppa_is_followed_by_a_full_upgrade_before_lxc(files: dict[str, str]) -> None:
+    """As the 2015 admin did: add the PPA, apt update, apt full-upgrade, then install lxc."""
+    text = files[LXC_PACKAGES]
+    ppa = text.index("      source=ppa\n")
+    upgrade = text.index("full-upgrade", ppa)
+    install = text.index('apt-get install -y --no-install-recommends ${apt_target[@]+"${apt_target[@]}"} '
+                         '"${install[@]}"')
+    assert ppa < upgrade < install
+
+
+def test_the_vivid_kernel_comes_with_its_recommends(files: dict[str, str]) -> None:
+    kernel = files[KERNEL]
+    assert re.search(r'apt-get install -y --install-recommends .*"\$meta"', kernel)

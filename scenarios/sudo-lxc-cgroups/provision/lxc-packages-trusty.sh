@@ -61,6 +61,8 @@ if probe "$ppa_url/dists/$suite/Release"; then
     echo "deb $ppa_url $suite main" > "$ppa_list"
     if apt-get update && apt-cache madison lxc | grep -F "$ppa_url/ $suite/" >/dev/null; then
       source=ppa
+      # as the 2015 admin did after add-apt-repository: everything the PPA carries, upgraded
+      apt-get -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold full-upgrade
     else
       echo "the PPA gave no lxc for $suite after apt-get update; not using it" >&2
       rm -f "$ppa_list"
