@@ -137,9 +137,10 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, ver
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
                               "name": "act on this lab", "fix": "run only this fix (repeatable)",
                               "list_fixes": "list the scenario's fixes on the lab's target",
-                              "step": "pause before each try (Enter or space goes on, q stops and restores)"})
+                              "step": "pause before each try (Enter or space goes on, q stops and restores)",
+                              "from": "start at this fix, after the evidence (a demo resumed)"})
 @guarded
-def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False):
+def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None):
     """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
     from lab.report import write_reports
     from lab.run import engine
@@ -153,7 +154,7 @@ def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False,
     only = tuple(fix or ())
     for fix_id in only:
         s.scenario_data.fix(s.target, fix_id)
-    if not engine.run(s, only=only, step_mode=step, publish=write_reports):
+    if not engine.run(s, only=only, step_mode=step, publish=write_reports, start_from=from_ or ""):
         raise Exit(code=1)
 
 

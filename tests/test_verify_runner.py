@@ -17,6 +17,7 @@ from lab.core.files import write_files
 from lab.machine import lifecycle, state
 from lab.machine.state import Phase
 from lab.remote.ssh import CommandResult
+from lab.report import junit, markdown
 from lab.run import engine, live
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json").read_text())
@@ -157,8 +158,28 @@ def test_step_mode_q_stops_and_restores(lab_here, monkeypatch) -> None:
     answers = iter([" ", "q"])
     monkeypatch.setattr(live.sys, "stdin", Terminal())
     monkeypatch.setattr(live, "read_key", lambda: next(answers))
-    assert engine.run(s, step_mode=True) is False
+    # stopping a demo is not a failure: every step that ran met its expectation
+    assert engine.run(s, step_mode=True) is True
     assert "baseline:start" in remote.calls and "pam-systemd:start" not in remote.calls
     assert remote.calls[-1] == "baseline:cleanup", "the baseline's container is torn down on the way out"
     record = the_record(lab)
-    assert record["stopped"] == "baseline"
+    assert record["stopped"] == "baseline" and record["ok"] is True
+    assert record["not_run"] == ["pam-systemd", "pam-cgfs", "cgm", "systemd-run", "baseline-restored"]
+    assert not (lab.reports / "latest").exists(), "a stopped run never becomes the latest complete one"
+    suite = junit.render(record)
+    assert suite.count("<skipped") == 5 and 'failures="0"' in suite
+    assert "stopped by the presenter after baseline" in markdown.render(record)
+
+
+def test_from_starts_at_a_fix_after_the_evidence(lab_here, monkeypatch) -> None:
+    s, lab = lab_here
+    remote = ScriptedRemote()
+    use(monkeypatch, remote)
+    assert engine.run(s, start_from="cgm") is True
+    starts = [c for c in remote.calls if c.endswith(":start")]
+    assert starts == ["cgm:start", "systemd-run:start", "baseline-restored:start"]
+    assert "evidence-1-2" in remote.calls
+    record = json.loads((lab.reports / "latest" / "verify.json").read_text())
+    assert record["started_from"] == "cgm" and record["baseline"] is None
+    with pytest.raises(errors.LabError, match="no fix 'cmg'"):
+        engine.run(s, start_from="cmg")

@@ -96,5 +96,7 @@ def render(record: dict) -> str:
             rec.emit(ended, "\r\n".join(lines) + "\r\n")
     close(rec, record, current, ended)
     head = "✓ every step met its expectation" if record.get("ok") else "✗ some step did not meet its expectation"
+    if record.get("stopped"):
+        head = f"■ stopped by the presenter after {record['stopped']}; baseline restored"
     rec.comment(float(record.get("seconds", ended)), f"{head} ({record.get('seconds', 0):.1f}s)")
     return "\n".join([json.dumps(header(record), ensure_ascii=False), *rec.lines]) + "\n"

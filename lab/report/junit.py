@@ -71,9 +71,11 @@ def run_case(suite: ET.Element, classname: str, record: dict) -> tuple[int, int]
         child(case, "error", record["error"], message=record["error"], type="LabError")
         return 1, 0
     if record.get("stopped"):
-        case = child(suite, "testcase", name="run", classname=classname, time=seconds(0))
-        child(case, "skipped", message="stopped by the presenter before every fix was tried")
-        return 0, 1
+        fixes = classname.rsplit(".", 1)[0] + ".fixes"
+        for name in record.get("not_run") or ["run"]:
+            case = child(suite, "testcase", name=name, classname=fixes, time=seconds(0))
+            child(case, "skipped", message=f"not run: stopped by the presenter after {record['stopped']}")
+        return 0, len(record.get("not_run") or ["run"])
     return 0, 0
 
 

@@ -157,6 +157,10 @@ def result(record: dict) -> list[str]:
     steps = record.get("steps", [])
     plumbing = sum(1 for s in steps if is_plumbing(s["id"]))
     head = "✓ every step met its expectation" if record.get("ok") else "✗ some step did not meet its expectation"
+    if record.get("stopped"):
+        head = (f"■ stopped by the presenter after {record['stopped']}; baseline restored — "
+                + ("every step that ran met its expectation" if record.get("ok") else "some step did not meet "
+                   "its expectation"))
     out = ["", "## Result", "", f"**{head}** — {len(steps)} steps ({len(steps) - plumbing} shown, "
            f"{plumbing} plumbing) in {record.get('seconds', 0):.1f} s."]
     failed = [s["id"] for s in steps if not s.get("ok")]
@@ -164,8 +168,8 @@ def result(record: dict) -> list[str]:
         out.append(f"\nSteps not as expected: {', '.join(code(f) for f in failed)}.")
     if record.get("restored") is False:
         out.append("\nThe baseline did not come back after the fixes were reverted.")
-    if record.get("stopped"):
-        out.append(f"\nStopped by the presenter after {record['stopped']}; baseline restored.")
+    if record.get("not_run"):
+        out.append(f"\nNot run: {', '.join(code(t) for t in record['not_run'])}.")
     if record.get("error"):
         out.append(f"\nThe run ended with an error: {record['error']}")
     return out

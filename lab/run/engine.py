@@ -121,31 +121,40 @@ Publish = Callable[[Path], Iterable[Path]]
 
 
 def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False,
-        publish: Publish | None = None) -> bool:
+        publish: Publish | None = None, start_from: str = "") -> bool:
     """Verify the lab; True when every step met its expectation. Writes the record into the run's
     own directory either way (reports/<run>/verify.json; `latest` moves only for a run that
-    completed), then calls publish(run_dir) to render the other reports from it.
+    completed), then calls publish(run_dir) to render the other reports from it. start_from: begin
+    with this fix after the evidence (a presenter resuming a demo); the baseline is then shown only
+    at the end, restored. A run the presenter stopped returns True when every step that ran met its
+    expectation.
 
     Raises TestbedError when the lab cannot be reached or put back into its baseline, LabError for
     bad input; the record of such a run is still written, marked with the error."""
     lab = paths.lab_dir(settings.name)
-    for fix_id in only:
+    for fix_id in (*only, *([start_from] if start_from else [])):
         settings.scenario_data.fix(settings.target, fix_id)  # an unknown fix is refused before anything
     with state.locked(lab, "verify"):
         state.require(lab, "verify", *state.READY)
         lifecycle.require_running(settings)
-        ok = _run(settings, lab, only, step_mode, publish)
+        ok = _run(settings, lab, only, step_mode, publish, start_from)
         state.advance(lab, Phase.VERIFIED, "verify")
         return ok
 
 
 def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode: bool,
-         publish: Publish | None) -> bool:
+         publish: Publish | None, start_from: str = "") -> bool:
     facts = lifecycle.load_facts(lab)
     p = plan(settings, facts)
     tries = [p.fix(f) for f in (only or settings.fix_ids)]
+    if start_from:
+        ids = [t.id for t in tries]
+        tries = tries[ids.index(start_from):] if start_from in ids else [p.fix(start_from)]
     live = Live(p, step_mode=step_mode)
     rec = record.new(settings, facts, p)
+    rec["planned"] = [*([] if start_from else ["baseline"]), *(t.id for t in tries),
+                      *(["baseline-restored"] if tries else [])]
+    rec["started_from"] = start_from or None
     wall_start = time.monotonic()
     runner: Runner | None = None
     try:
@@ -155,7 +164,7 @@ def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode
             stack.callback(runner.close)
             try:
                 _preflight(runner)
-                _verify(runner, rec, tries)
+                _verify(runner, rec, tries, with_baseline=not start_from)
             except Stop as stop:
                 rec["stopped"] = stop.after or "the start"
             except LabError as exc:
@@ -195,7 +204,7 @@ def _preflight(r: Runner) -> None:
                                    hint="inspect with: invoke lab.ssh; or start over: invoke lab.reset")
 
 
-def _verify(r: Runner, rec: dict, tries: list[PlannedTry]) -> None:
+def _verify(r: Runner, rec: dict, tries: list[PlannedTry], with_baseline: bool = True) -> None:
     p = r.plan
     versions = r.command("versions", PlannedCommand(p.versions, p.versions, "admin", p.admin, "login"),
                          quiet=True, title="versions in the guest")
@@ -212,11 +221,11 @@ def _verify(r: Runner, rec: dict, tries: list[PlannedTry]) -> None:
                                              "output": s.stdout} for s in steps]})
         r.live.evidence(ev, steps, holds)
     done: list[judge.TryRecord] = []
-    for t in [p.baseline, *tries]:
+    for t in [p.baseline, *tries] if with_baseline else tries:
         r.live.pause(t.id, done[-1].id if done else "the evidence")
         done.append(_try(r, t))
-        rec["baseline"] = judge.as_dict(done[0])
-        rec["fixes"] = [judge.as_dict(f) for f in done[1:]]
+        rec["baseline"] = judge.as_dict(done[0]) if with_baseline else None
+        rec["fixes"] = [judge.as_dict(f) for f in (done[1:] if with_baseline else done)]
     if tries:
         again = _try(r, p.baseline, label="baseline-restored", announce="restored baseline")
         rec["restored"] = again.ok

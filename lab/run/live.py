@@ -132,8 +132,9 @@ class Live:
                               "[green]as expected[/]" if row["ok"] else "[red]NOT as expected[/]")
         console.print(table)
         if rec.get("stopped"):
+            mark = "every step that ran met its expectation" if rec["ok"] else "some step did not meet its expectation"
             console.print(f"[bold yellow]■ stopped by the presenter after {escape(rec['stopped'])}; "
-                          f"baseline restored[/] ({rec['seconds']:.1f}s)")
+                          f"baseline restored[/] — {mark} ({rec['seconds']:.1f}s)")
         elif rec["ok"]:
             console.print(f"[bold green]✓ every step met its expectation[/] ({rec['seconds']:.1f}s)")
         else:

@@ -34,11 +34,15 @@ def new(settings: Settings, facts: LabFacts, plan: Plan) -> dict:
 
 
 def finish(rec: dict) -> dict:
-    """Set ok: every step and try met its expectation, the baseline came back, nothing broke off."""
+    """Set ok: every step and try that ran met its expectation, the baseline came back (when fixes
+    ran), nothing broke off. A run the presenter stopped can be ok: it says where it stopped
+    (rec["stopped"]) and never becomes `latest`."""
     tries = [rec.get("baseline"), *rec.get("fixes", []), rec.get("baseline_restored")]
-    rec["ok"] = (bool(rec.get("steps")) and all(s["ok"] for s in rec["steps"])
-                 and all(t["ok"] for t in tries if t) and rec.get("baseline") is not None
-                 and rec.get("restored") is not False and not rec.get("stopped") and rec.get("error") is None)
+    ran = [t for t in tries if t]
+    rec["ok"] = (bool(rec.get("steps")) and all(s["ok"] for s in rec["steps"]) and all(t["ok"] for t in ran)
+                 and (bool(ran) or bool(rec.get("stopped"))) and rec.get("restored") is not False
+                 and rec.get("error") is None)
+    rec["not_run"] = [t for t in rec.get("planned", []) if t not in {r["id"] for r in ran}]
     return rec
 
 
