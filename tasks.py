@@ -138,9 +138,11 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, ver
                               "name": "act on this lab", "fix": "run only this fix (repeatable)",
                               "list_fixes": "list the scenario's fixes on the lab's target",
                               "step": "pause before each try (Enter or space goes on, q stops and restores)",
-                              "from": "start at this fix, after the evidence (a demo resumed)"})
+                              "from": "start at this fix, after the evidence (a demo resumed)",
+                              "keep_failing": "stop at the first unmet expectation, the fix left applied"})
 @guarded
-def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None):
+def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None,
+           keep_failing=False):
     """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
     from lab.report import write_reports
     from lab.run import engine
@@ -154,7 +156,8 @@ def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False,
     only = tuple(fix or ())
     for fix_id in only:
         s.scenario_data.fix(s.target, fix_id)
-    if not engine.run(s, only=only, step_mode=step, publish=write_reports, start_from=from_ or ""):
+    if not engine.run(s, only=only, step_mode=step, publish=write_reports, start_from=from_ or "",
+                      keep_failing=keep_failing):
         raise Exit(code=1)
 
 

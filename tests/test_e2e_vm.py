@@ -6,6 +6,7 @@ Marked `vm`; CI runs it. Each lab is destroyed in a finally, even when an assert
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -283,6 +284,53 @@ def test_the_vm_dying_mid_verify_is_a_testbed_failure(bookworm_lab: tuple[Path, 
               and json.loads((p / "verify.json").read_text()).get("error")]
     assert broken, "the broken run's own record says what happened"
     assert invoke(workdir, "lab.up", "--target", "bookworm", "--name", name).returncode == 0
+
+
+def test_step_mode_in_a_terminal_enter_then_q(bookworm_lab: tuple[Path, str]) -> None:
+    """Issue 15 in a real pseudo-terminal: Enter after the evidence, q at the next pause. The run
+    ends with its own verdict, exit 0, a record that says where it stopped, and the previous run's
+    reports untouched."""
+    import pty
+
+    workdir, name = bookworm_lab
+    reports = workdir / ".lab" / name / "reports"
+    latest = os.readlink(reports / "latest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(workdir)
+        os.execvpe(sys.executable, [sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.verify", "--name", name,
+                                    "--step"], env)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 600) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen[-2000:]
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+
+    read_until(b"next: baseline")
+    os.write(fd, b"\r")  # Enter: the baseline runs
+    read_until(b"next: pam-systemd")
+    os.write(fd, b"q")  # a single key, no Enter
+    read_until(b"stopped by the presenter")
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 4096):
+            seen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    print(text[-3000:])
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "stopped by the presenter after baseline; baseline restored" in " ".join(text.split())
+    assert os.readlink(reports / "latest") == latest, "a stopped run never replaces the last complete one"
+    stopped = max((p for p in reports.iterdir() if p.name != "latest"), key=lambda p: p.stat().st_mtime)
+    record = json.loads((stopped / "verify.json").read_text())
+    assert record["stopped"] == "baseline" and record["not_run"][0] == "pam-systemd"
+    assert 'skipped="5"' in (stopped / "junit.xml").read_text()
 
 
 def test_reset_returns_to_the_provisioned_state(bookworm_lab: tuple[Path, str]) -> None:

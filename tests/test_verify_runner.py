@@ -27,10 +27,12 @@ RECORDED = {s["id"]: s for s in RECORD["steps"]}
 class ScriptedRemote:
     """Answers each step with the output recorded for it; can fail at one step on purpose."""
 
-    def __init__(self, fail_at: str | None = None, revert_fails: str | None = None) -> None:
+    def __init__(self, fail_at: str | None = None, revert_fails: str | None = None,
+                 answers: dict[str, tuple[int, str]] | None = None) -> None:
         self.calls: list[str] = []
         self.fail_at = fail_at
         self.revert_fails = revert_fails
+        self.answers = answers or {}  # step -> (exit code, stdout) instead of the recorded ones
 
     def __enter__(self) -> ScriptedRemote:
         return self
@@ -46,6 +48,9 @@ class ScriptedRemote:
         restored = step.startswith("baseline-restored")
         key = "baseline" + step.removeprefix("baseline-restored") if restored else step
         recorded = RECORDED.get(key, {"exit_code": 0, "stdout": "", "stderr": ""})
+        if step in self.answers:
+            code, out = self.answers[step]
+            recorded = {"exit_code": code, "stdout": out, "stderr": ""}
         code = recorded["exit_code"]
         if self.revert_fails and step == self.revert_fails:
             code = 1
@@ -183,3 +188,17 @@ def test_from_starts_at_a_fix_after_the_evidence(lab_here, monkeypatch) -> None:
     assert record["started_from"] == "cgm" and record["baseline"] is None
     with pytest.raises(errors.LabError, match="no fix 'cmg'"):
         engine.run(s, start_from="cmg")
+
+
+def test_keep_failing_stops_at_the_first_unmet_expectation_with_the_fix_applied(lab_here, monkeypatch) -> None:
+    """--keep-failing: the failing try is neither torn down nor reverted, the run says where it kept,
+    and it does not become the latest complete run."""
+    s, lab = lab_here
+    remote = ScriptedRemote(answers={"pam-cgfs:start": (1, ""), "pam-cgfs:observe": (0, "state=STOPPED\n---\n")})
+    use(monkeypatch, remote)
+    assert engine.run(s, keep_failing=True) is False
+    after = remote.calls[remote.calls.index("pam-cgfs:start") + 1:]
+    assert after == ["pam-cgfs:observe"], "nothing may tear down or revert the kept fix"
+    record = the_record(lab)
+    assert record["kept_failing"] == "pam-cgfs"
+    assert not (lab.reports / "latest").exists()

@@ -40,6 +40,7 @@ class Runner:
     steps: list[judge.StepRecord] = field(default_factory=list)
     shells: dict[bool, Shell] = field(default_factory=dict)
     broken: TestbedError | None = None  # once the VM is gone, no further command is tried
+    keep_failing: bool = False  # stop at the first unmet expectation, leaving the try as it failed
 
     def shell(self, as_root: bool) -> Shell:
         """One persistent bash per identity: the admin's, and root's through sudo."""
@@ -120,14 +121,23 @@ def list_fixes(settings: Settings) -> list[tuple[str, str, str]]:
 Publish = Callable[[Path], Iterable[Path]]
 
 
+class KeptFailing(Exception):
+    """--keep-failing: a try did not meet its expectation and is left as it failed."""
+
+    def __init__(self, try_id: str) -> None:
+        super().__init__(try_id)
+        self.try_id = try_id
+
+
 def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False,
-        publish: Publish | None = None, start_from: str = "") -> bool:
+        publish: Publish | None = None, start_from: str = "", keep_failing: bool = False) -> bool:
     """Verify the lab; True when every step met its expectation. Writes the record into the run's
     own directory either way (reports/<run>/verify.json; `latest` moves only for a run that
     completed), then calls publish(run_dir) to render the other reports from it. start_from: begin
     with this fix after the evidence (a presenter resuming a demo); the baseline is then shown only
     at the end, restored. A run the presenter stopped returns True when every step that ran met its
-    expectation.
+    expectation. keep_failing: stop at the first try that does not meet its expectation with its fix
+    still applied (no teardown, no revert), for a shell there; the next run restores the baseline.
 
     Raises TestbedError when the lab cannot be reached or put back into its baseline, LabError for
     bad input; the record of such a run is still written, marked with the error."""
@@ -137,13 +147,13 @@ def run(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False,
     with state.locked(lab, "verify"):
         state.require(lab, "verify", *state.READY)
         lifecycle.require_running(settings)
-        ok = _run(settings, lab, only, step_mode, publish, start_from)
+        ok = _run(settings, lab, only, step_mode, publish, start_from, keep_failing)
         state.advance(lab, Phase.VERIFIED, "verify")
         return ok
 
 
 def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode: bool,
-         publish: Publish | None, start_from: str = "") -> bool:
+         publish: Publish | None, start_from: str = "", keep_failing: bool = False) -> bool:
     facts = lifecycle.load_facts(lab)
     p = plan(settings, facts)
     tries = [p.fix(f) for f in (only or settings.fix_ids)]
@@ -160,13 +170,16 @@ def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode
     try:
         with ExitStack() as stack:
             remote = stack.enter_context(lifecycle.connect(settings))
-            runner = Runner(settings, p, remote, live)
+            runner = Runner(settings, p, remote, live, keep_failing=keep_failing)
             stack.callback(runner.close)
             try:
                 _preflight(runner)
                 _verify(runner, rec, tries, with_baseline=not start_from)
             except Stop as stop:
                 rec["stopped"] = stop.after or "the start"
+            except KeptFailing as kept:
+                rec["kept_failing"] = kept.try_id
+                live.kept(kept.try_id, settings.name)
             except LabError as exc:
                 rec["error"] = str(exc)
                 raise
@@ -261,6 +274,8 @@ def _try(r: Runner, t: PlannedTry, label: str | None = None, announce: str = "")
         start.ok = start.ok and rec.ok
         r.live.outcome(rec)
     finally:
+        if r.keep_failing and not rec.ok and r.broken is None:
+            raise KeptFailing(lid)
         reverted = True
         if p.teardown:
             reverted = r.script(f"{lid}:cleanup", "tear down after the try", p.teardown.rel, p.teardown).ok

@@ -119,6 +119,11 @@ class Live:
         else:
             console.print(f"[red]✗ could not revert {escape(fix_id)}: {escape(step.stderr.strip())}[/]")
 
+    def kept(self, try_id: str, lab: str) -> None:
+        console.print(f"[bold yellow]■ kept {escape(try_id)} as it failed (fix applied, nothing torn down).[/]\n"
+                      f"  look around: invoke lab.ssh --name {escape(lab)}\n"
+                      f"  back to the baseline: the next lab.verify reverts every fix first (or: invoke lab.reset)")
+
     def written(self, path: Path) -> None:
         console.print(f"[dim]report: {escape(str(path))}[/]")
 

@@ -47,8 +47,9 @@ def finish(rec: dict) -> dict:
 
 
 def complete(rec: dict) -> bool:
-    """A run that went to its end (met its expectations or not), not stopped nor broken off."""
-    return not rec.get("stopped") and rec.get("error") is None
+    """A run that went to its end (met its expectations or not), not stopped, kept at a failure or
+    broken off."""
+    return not rec.get("stopped") and not rec.get("kept_failing") and rec.get("error") is None
 
 
 def run_dir(reports: Path, run: str) -> Path:
