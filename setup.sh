@@ -1,13 +1,14 @@
 #!/bin/bash
 # Set up a fresh Debian 12 / Ubuntu host (as root) for the lab and its tests:
-# the system tools (apt) and the Python packages (pip). Safe to run again.
+# the system tools (apt), the Python packages (pip) and the HTML report's player (npm). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
   packer mmdebstrap fdisk e2fsprogs dnsmasq-base iptables openssh-client openssh-server
-  shellcheck sudo ca-certificates
+  shellcheck sudo ca-certificates chromium
 )
+command -v npm >/dev/null || packages+=(npm)  # Debian's, only where no Node.js/npm is installed yet
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,4 +25,9 @@ if [ -e /dev/kvm ] && [ ! -e /run/udev/control ] && getent group kvm >/dev/null;
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# report.html inlines the asciinema player, pinned in vendor/npm/package-lock.json (node_modules is not committed).
+if [ ! vendor/npm/node_modules/.package-lock.json -nt vendor/npm/package-lock.json ]; then
+  echo "setup: installing the asciinema player (npm ci in vendor/npm)"
+  npm ci --prefix vendor/npm --no-audit --no-fund --loglevel=error >/dev/null
+fi
 echo "setup: done ($(vagrant --version), $(packer version | head -n 1), python $(python3 -V | cut -d' ' -f2))"

@@ -234,6 +234,22 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
         console.info(f"[green]✓[/] {path}")
 
 
+@task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
+            "keep": "keep the labs the matrix brought up", "config": FLAG_HELP["config"]})
+@guarded
+def matrix(c, scenario=None, targets=None, keep=False, config=None):
+    """Run one scenario over several targets: up, verify, destroy each; one combined report."""
+    from lab.report import write_reports
+    from lab.report.matrix import write_matrix_reports
+    from lab.run import matrix as m
+
+    base = _settings(scenario=scenario, config=config,
+                     target=(targets.split(",")[0].strip() if targets else None))
+    wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
+    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports):
+        raise Exit(code=1)
+
+
 @task
 @guarded
 def scenarios(c):
@@ -280,5 +296,5 @@ def new(c, path):
 
 
 lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report,
-                 scenarios, check, new)
+                 scenarios, check, new, matrix)
 ns = Collection(lab)

@@ -103,6 +103,26 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path: Path) -> None:
     assert str(cache) not in mounts
 
 
+def test_a_full_cache_disk_during_a_build_is_a_testbed_failure(tmp_path: Path) -> None:
+    """The box cache on a small tmpfs fills up during mmdebstrap: one clear error, exit 3, no half
+    box and no build directory or mount left behind."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(cache)], check=True)
+    try:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAB_")}, "XDG_CACHE_HOME": str(cache)}
+        result = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.build", "--target", "bookworm"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+        print(result.stdout[-2000:], result.stderr[-2000:])
+        assert result.returncode == 3
+        assert "Traceback" not in result.stderr and result.stderr.startswith("error: mmdebstrap failed")
+        boxes = cache / "cgroup-lab" / "boxes"
+        assert not list(boxes.glob(".build-*")) and not list(boxes.glob("*/*.box"))
+        assert str(cache) + "/" not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        subprocess.run(["umount", "--lazy", str(cache)], check=False)
+
+
 def test_interrupted_up_then_rerun_recovers(bookworm_lab: tuple[Path, str]) -> None:
     """Ctrl-C while Vagrant creates the VM, then the same command again: it recovers."""
     workdir, name = bookworm_lab
@@ -411,3 +431,18 @@ def test_a_scenario_folder_outside_the_project_verifies(workdir: Path, tmp_path:
     assert {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]} == {
         "baseline": "in-admin-session", "ssh-login": "own-slice"}
     assert git_state() == before
+
+
+# Measured on bookworm-unified (podman 4.3.1): under sudo -u the container runs silently without its
+# limit (podman warns, falls back to cgroupfs); each way to a user session gives it its limit.
+PODMAN = {"baseline": "unlimited", "linger-env": "limited", "machinectl": "limited", "ssh-login": "limited",
+          "baseline-restored": "unlimited"}
+
+
+def test_sudo_rootless_podman_scenario(workdir: Path) -> None:
+    record = up_verify_destroy(workdir, "e2e-podman", "--scenario", "sudo-rootless-podman",
+                               "--target", "bookworm-unified")
+    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"], record["baseline_restored"]]}
+    assert observed == PODMAN
+    assert record["ok"] is True and record["exit_code"] == 0
+    assert "no systemd user session available" in record["baseline"]["signature_matched"][0]

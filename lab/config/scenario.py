@@ -110,7 +110,7 @@ class Try(Strict):
     why: PerTarget = ""
     start: Command | None = None
     expect: PerTarget
-    signature: PerTargetList = []
+    signature: PerTargetList = []  # regexes; when given for a target, one must be seen there
     vars: dict[str, Any] = {}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from lab.core import paths
 from lab.core.errors import LabError
 from lab.core.files import write_files
-from lab.report import cast, junit, markdown
+from lab.report import cast, html, junit, markdown
 from lab.report.rows import (
     fix_rows,
     is_plumbing,
@@ -32,7 +32,8 @@ __all__ = ["cast", "fix_rows", "is_plumbing", "junit", "latest_run", "load_recor
 def renderers() -> dict[str, tuple[str, Renderer]]:
     """format -> (file name, renderer)."""
     return {"json": (RECORD, lambda r: json.dumps(r, indent=2) + "\n"), "md": ("transcript.md", markdown.render),
-            "junit": ("junit.xml", junit.render), "cast": ("verify.cast", cast.render)}
+            "junit": ("junit.xml", junit.render), "cast": ("verify.cast", cast.render),
+            "html": ("report.html", html.render)}
 
 
 def latest_run(name: str, project_dir: Path | None = None) -> Path:

@@ -113,11 +113,12 @@ def matched_signatures(patterns: Iterable[str], texts: Iterable[str]) -> list[st
 
 
 def judge(expected: str, observed: str, failure: bool, signatures: tuple[str, ...], matched: list[str]) -> bool:
-    """As expected: the same outcome, and a failure only counts as the expected one when one of
-    its signatures (if it has any) was seen."""
+    """As expected: the same outcome, and when the try lists signatures for this target, one of
+    them was seen (a failure, or a silent fallback, only counts as the bug when it says so).
+    failure is kept for the caller's wording; the rule is the same for every outcome."""
     if observed != expected:
         return False
-    if failure and signatures:
+    if signatures:
         return bool(matched)
     return True
 
