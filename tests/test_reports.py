@@ -225,7 +225,7 @@ def test_write_reports_from_verify_json_alone(record: dict, tmp_path: Path) -> N
     assert latest_run("bookworm", project_dir=tmp_path) == run.resolve()
     assert load_record(run) == record
     written = write_reports(run)
-    assert sorted(p.name for p in written) == ["junit.xml", "transcript.md", "verify.cast"]
+    assert sorted(p.name for p in written) == ["junit.xml", "report.html", "transcript.md", "verify.cast"]
     assert all(p.parent == run for p in written)
     first = {p.name: p.read_text(encoding="utf-8") for p in written}
     write_reports(reports / "latest")

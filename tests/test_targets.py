@@ -18,8 +18,8 @@ def seed() -> sc.Scenario:
 
 
 def test_the_three_targets_load() -> None:
-    assert set(all_targets()) == {"trusty", "bookworm", "bookworm-unified"}
-    assert set(seed().target_names) == {"trusty", "bookworm", "bookworm-unified"}
+    assert set(all_targets()) == {"trusty", "bookworm", "bookworm-unified", "trixie"}
+    assert set(seed().target_names) == {"trusty", "bookworm", "bookworm-unified", "trixie"}
 
 
 @pytest.mark.parametrize("name", ["trusty", "bookworm", "bookworm-unified"])

@@ -9,7 +9,8 @@ from html import escape
 from pathlib import Path
 
 from lab.core import paths
-from lab.report import cast
+from lab.report.cast import HEIGHT, WIDTH
+from lab.report.cast import render as render_cast
 from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, verdict
 
 # The asciinema player, installed by setup.sh (npm ci in vendor/npm) and inlined into every page.
@@ -333,7 +334,7 @@ def json_for_script(value: object) -> str:
 
 def recording(record: dict) -> tuple[list[str], list[str]]:
     """The recording section and what goes in <head> (the player's CSS)."""
-    text = cast.render(record)
+    text = render_cast(record)
     download = base64.b64encode(text.encode()).decode()
     out = ['<section id="recording"><h2>Recording</h2>',
            f'<p>The run replayed at the pace the guest took (pauses over 3 s shortened). '
@@ -348,7 +349,7 @@ def recording(record: dict) -> tuple[list[str], list[str]]:
         return [*out, "</section>"], []
     js, css = assets
     head = [style(css)]
-    cols, rows = cast.WIDTH, cast.HEIGHT
+    cols, rows = WIDTH, HEIGHT
     out += ['<div id="player"></div>',
             f'<script type="application/json" id="cast-data">{json_for_script(text)}</script>',
             script(js), script(PLAYER_SCRIPT % {"cols": cols, "rows": rows}), "</section>"]
@@ -367,3 +368,4 @@ def render(record: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>cgroup lab: {escape(record.get('title', ''))} on {escape(record.get('target', ''))}</title>",
         f"<style>{STYLE}</style>", *head, "</head><body>", *body, "</body></html>", ""])
+
