@@ -24,6 +24,9 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
 HYBRID = {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running", "cgm": "running",
           "systemd-run": "failing"}
+# Measured on trixie (lxc 6.0.4 with D-Bus, systemd 257): the same outcomes as bookworm-unified
+TRIXIE = {"baseline": "unlimited", "pam-systemd": "unlimited", "pam-cgfs": "failing", "cgm": "running",
+          "systemd-run": "running"}
 UNIFIED = {"baseline": "unlimited", "pam-systemd": "unlimited", "pam-cgfs": "failing", "cgm": "running",
            "systemd-run": "running"}
 
@@ -78,7 +81,8 @@ def destroyed_after(workdir: Path, name: str) -> Iterator[tuple[Path, str]]:
 
 @pytest.fixture(scope="module")
 def bookworm_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
-    yield from destroyed_after(workdir, "e2e-bookworm")
+    # the default name of the seed on bookworm, so that lab.matrix finds it up and uses it
+    yield from destroyed_after(workdir, "sudo-lxc-cgroups-bookworm")
 
 
 def test_interrupted_build_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -216,6 +220,27 @@ def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tu
     assert leftovers(second) == []
     assert "running" in virsh("domstate", f"lab-{first}")
     assert invoke(workdir, "lab.verify", "--name", first, "--fix", "pam-cgfs", timeout=900).returncode == 0
+
+
+def test_matrix_over_three_targets_and_trusty(bookworm_lab: tuple[Path, str]) -> None:
+    """lab.matrix of the seed: bookworm (up already: used, left up), bookworm-unified and trixie
+    (brought up, verified, destroyed one after the other), trusty not run with its reason."""
+    workdir, name = bookworm_lab
+    result = invoke(workdir, "lab.matrix", "--scenario", "sudo-lxc-cgroups", "--targets",
+                    "trusty,bookworm,bookworm-unified,trixie", timeout=3600)
+    assert result.returncode == 0
+    where = workdir / ".lab" / "matrix" / "sudo-lxc-cgroups" / "latest"
+    rec = json.loads((where / "matrix.json").read_text())
+    cells = {c["target"]: c for c in rec["targets"]}
+    assert cells["trusty"]["status"] == "not run" and cells["trusty"]["why"]
+    for target, want in (("bookworm", HYBRID), ("bookworm-unified", UNIFIED), ("trixie", TRIXIE)):
+        assert cells[target]["status"] == "ran" and cells[target]["ok"], target
+        assert {k: v["observed"] for k, v in cells[target]["tries"].items() if k != "baseline-restored"} == want
+    assert cells["bookworm"]["kept"] is True and "running" in virsh("domstate", f"lab-{name}")
+    assert leftovers("sudo-lxc-cgroups-bookworm-unified") == [] and leftovers("sudo-lxc-cgroups-trixie") == []
+    assert {p.name for p in where.iterdir()} >= {"matrix.json", "matrix.md", "junit.xml", "matrix.html"}
+    ET.parse(where / "junit.xml")
+    assert "not run" in (where / "matrix.md").read_text()
 
 
 def test_another_checkout_cannot_take_the_lab(bookworm_lab: tuple[Path, str], tmp_path: Path) -> None:

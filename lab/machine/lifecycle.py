@@ -28,6 +28,11 @@ from lab.render.plan import plan
 
 FACTS = "facts.json"
 ENDPOINT = "endpoint.json"
+# What fixes change and a baseline must not carry: PAM and sudo configuration, lingering users, the
+# users' cgroups under /sys/fs/cgroup; one sha256 over all of it, taken at the snapshot.
+FINGERPRINT = ("sudo sh -c 'cd / && { find etc/pam.d etc/sudoers.d etc/security var/lib/systemd/linger -xdev "
+               "-type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum; find sys/fs/cgroup -maxdepth 3 -type d "
+               "-uid +999 2>/dev/null | sort; } | sha256sum | cut -c1-16'")
 
 
 def domain_name(settings: Settings) -> str:
@@ -197,10 +202,13 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
             raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
     taken = ""
     if provider == "libvirt":
+        with connect(settings) as remote:
+            fingerprint = remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
         with console.step("snapshot of the provisioned VM (the baseline for lab.reset)",
                           "libvirt to save disk and memory", verbose):
             libvirt.snapshot_baseline(domain)
         taken = state.now()
+        write_files(lab.root, {"baseline.fingerprint": fingerprint + "\n"})
     state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
     console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
                  f"next: invoke lab.verify")
@@ -252,10 +260,25 @@ def reset(settings: Settings) -> float:
         with console.step(f"revert {domain_name(settings)} to its baseline snapshot",
                           "libvirt to load disk and memory"):
             libvirt.revert_baseline(domain_name(settings))
-        with console.step("SSH as the admin after the revert", "sshd in the guest"), connect(settings):
-            pass  # an authenticated session proves the guest is back
+        with console.step("SSH as the admin after the revert; the baseline's fingerprint", "sshd in the guest"), \
+                connect(settings) as remote:
+            now = remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
+        _prove_baseline(lab, now)
         state.advance(lab, Phase.PROVISIONED, "reset")
         return time.monotonic() - started
+
+
+def _prove_baseline(lab: paths.LabDir, now: str) -> None:
+    """The reverted guest must carry the fingerprint taken with the snapshot; else it is no baseline."""
+    try:
+        want = (lab.root / "baseline.fingerprint").read_text().strip()
+    except FileNotFoundError:
+        console.info("[yellow]no baseline fingerprint recorded (a lab from an older version): not proven[/]")
+        return
+    if now != want:
+        raise TestbedError(f"after the revert, lab {lab.name} is not the baseline that lab.up provisioned "
+                           f"(fingerprint {now or 'none'}, expected {want}): the snapshot was changed",
+                           hint="start over: invoke lab.destroy lab.up")
 
 
 def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:

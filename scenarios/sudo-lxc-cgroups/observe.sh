@@ -27,5 +27,5 @@ if [ "$state" = RUNNING ]; then
   else echo "limit_ok=no"; fi
 fi
 echo "--- lab.log"
-tail -n 25 "$home/.local/share/lxc/$container/lab.log" 2>/dev/null | grep -E 'ERROR|WARN|NOTICE' | cut -c1-400
+grep -E 'ERROR|WARN|NOTICE' "$home/.local/share/lxc/$container/lab.log" 2>/dev/null | tail -n 25 | cut -c1-400
 exit 0
