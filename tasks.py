@@ -221,7 +221,8 @@ def bench(c, target=None, scenario=None, provider=None, name=None, config=None):
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
-            "format": "md, junit, json or cast (default: all)", "run": "a run directory name (default: latest)"})
+            "format": "md, junit, json, cast or html (default: all)",
+            "run": "a run directory name (default: latest)"})
 @guarded
 def report(c, target=None, scenario=None, name=None, format=None, run=None):
     """Re-render the reports of a verify run from its verify.json, without a VM."""

@@ -435,9 +435,11 @@ SYSTEMCTL = {"baseline": "no-bus", "su": "no-bus", "su-login": "no-bus", "xdg-en
              "machine-flag": "works", "machinectl": "works", "ssh-login": "works"}
 
 
-def test_sudo_systemctl_user_scenario(workdir: Path) -> None:
-    record = up_verify_destroy(workdir, "e2e-systemctl", "--scenario", "sudo-systemctl-user",
-                               "--target", "bookworm-unified")
+@pytest.mark.parametrize("target", ["bookworm-unified", "trixie"])
+def test_sudo_systemctl_user_scenario(workdir: Path, target: str) -> None:
+    """The same outcomes on systemd 252 and 257; only the error's wording differs (both signatures)."""
+    record = up_verify_destroy(workdir, f"e2e-systemctl-{target}", "--scenario", "sudo-systemctl-user",
+                               "--target", target)
     observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
     assert observed == SYSTEMCTL
     assert record["ok"] is True and record["exit_code"] == 0

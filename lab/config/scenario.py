@@ -325,8 +325,14 @@ def _dotted(loc: Iterable[str | int]) -> str:
 
 
 def _schema_problems(file: Path, text: str, exc: ValidationError) -> list[Problem]:
+    errors = exc.errors()
+    # a misspelt key shows as "unknown key" and as "required key missing": say it once
+    unknown = {(tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in errors if e["type"] == "extra_forbidden"}
     problems = []
-    for err in exc.errors():
+    for err in errors:
+        if err["type"] == "missing" and any(parent == tuple(err["loc"][:-1]) and
+                                            did_you_mean(key, [str(err["loc"][-1])]) for parent, key in unknown):
+            continue
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "dict[str,str]",
                                                                          "list[str]", "dict[str,list[str]]"))]
         message = err["msg"]
@@ -338,6 +344,11 @@ def _schema_problems(file: Path, text: str, exc: ValidationError) -> list[Proble
                                                                           if known else "")
         elif err["type"] == "missing":
             message = f"required key {loc[-1]!r} is missing"
+        elif err["type"] in ("literal_error", "string_pattern_mismatch", "enum"):
+            message = f"{err['input']!r} is not valid: {message}"
+            choices = err.get("ctx", {}).get("expected", "")
+            if err["type"] == "literal_error" and isinstance(err["input"], str):
+                message += did_you_mean(err["input"], re.findall(r"'([^']+)'", str(choices)))
         problems.append(Problem(file, _dotted(loc), message, locate(text, loc)))
     return problems
 

@@ -21,11 +21,13 @@ HEARTBEAT_S = 30.0
 
 
 def info(message: str) -> None:
-    console.print(message)
+    """One message to stdout; long lines (paths) are not wrapped, so they can be copied."""
+    console.print(message, soft_wrap=True)
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    """One red error line to stderr, never wrapped."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextmanager

@@ -125,7 +125,7 @@ class Live:
                       f"  back to the baseline: the next lab.verify reverts every fix first (or: invoke lab.reset)")
 
     def written(self, path: Path) -> None:
-        console.print(f"[dim]report: {escape(str(path))}[/]")
+        console.print(f"[dim]report: {escape(str(path))}[/]", soft_wrap=True)
 
     def summary(self, rec: dict) -> None:
         table = Table(title=f"{rec['scenario']['id']} on {rec['target']}: fix matrix", expand=False)
