@@ -460,15 +460,17 @@ def test_a_scenario_folder_outside_the_project_verifies(workdir: Path, tmp_path:
     assert git_state() == before
 
 
-# Measured on bookworm-unified (podman 4.3.1): under sudo -u the container runs silently without its
-# limit (podman warns, falls back to cgroupfs); each way to a user session gives it its limit.
+# Measured on bookworm-unified (podman 4.3.1) and trixie (podman 5.4.2): under sudo -u the container runs
+# silently without its limit (podman warns, falls back to cgroupfs); each way to a user session gives it its limit.
 PODMAN = {"baseline": "unlimited", "linger-env": "limited", "machinectl": "limited", "ssh-login": "limited",
           "baseline-restored": "unlimited"}
 
 
-def test_sudo_rootless_podman_scenario(workdir: Path) -> None:
-    record = up_verify_destroy(workdir, "e2e-podman", "--scenario", "sudo-rootless-podman",
-                               "--target", "bookworm-unified")
+@pytest.mark.parametrize("target", ["bookworm-unified", "trixie"])
+def test_sudo_rootless_podman_scenario(workdir: Path, target: str) -> None:
+    """podman 4.3 (Debian 12) and 5.4 (Debian 13) alike."""
+    record = up_verify_destroy(workdir, f"e2e-podman-{target}", "--scenario", "sudo-rootless-podman",
+                               "--target", target)
     observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"], record["baseline_restored"]]}
     assert observed == PODMAN
     assert record["ok"] is True and record["exit_code"] == 0
