@@ -81,8 +81,9 @@ def _existing(target: str | None, name: str | None, scenario: str | None = None)
     from lab.config import settings
     from lab.machine import lifecycle
 
+    chosen = _settings(target=target, scenario=scenario)  # lab.toml and LAB_* are checked for every task
     if name is None and (target is not None or scenario is not None):
-        name = _settings(target=target, scenario=scenario).name
+        name = chosen.name
     if name is not None:
         settings.CHECKS["name"]("name", name, "--name")
     return lifecycle.load_lab(name)

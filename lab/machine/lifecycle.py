@@ -103,7 +103,7 @@ def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settin
         text = lab.settings_file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise LabError(f"lab {name!r} has not been brought up here ({lab.settings_file} is missing)",
-                       hint=f"run: invoke lab.up --name {name}") from None
+                       hint="run: invoke lab.up with the same --target/--scenario (or --name)") from None
     return from_json(text, str(lab.settings_file))
 
 
