@@ -435,6 +435,36 @@ SYSTEMCTL = {"baseline": "no-bus", "su": "no-bus", "su-login": "no-bus", "xdg-en
              "machine-flag": "works", "machinectl": "works", "ssh-login": "works"}
 
 
+def test_libvirtd_stopping_in_the_middle_of_up(workdir: Path) -> None:
+    """libvirtd (started by the lab) ends while Vagrant creates the VM: the up fails as a testbed
+    failure (exit 3) saying what it left, and the next up starts libvirtd again, cleans up only its
+    own leftovers and finishes."""
+    name = "e2e-libvirtd"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.up", "--target", "bookworm",
+                                "--name", name], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        assert run.stdout is not None
+        for line in run.stdout:
+            if "vagrant up" in line:
+                break
+        time.sleep(20)
+        pid = int(subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True, check=True).stdout)
+        os.kill(pid, signal.SIGTERM)
+        out = run.stdout.read()
+        run.wait(timeout=900)
+        print(out[-3000:])
+        assert run.returncode == 3
+        assert "it left: domain lab-e2e-libvirtd" in " ".join(out.split())
+        again = invoke(workdir, "lab.up", "--target", "bookworm", "--name", name)
+        assert again.returncode == 0
+        assert "running" in virsh("domstate", f"lab-{name}")
+    finally:
+        invoke(workdir, "lab.destroy", "--name", name, timeout=600)
+    assert leftovers(name) == []
+
+
 @pytest.mark.parametrize("target", ["bookworm-unified", "trixie"])
 def test_sudo_systemctl_user_scenario(workdir: Path, target: str) -> None:
     """The same outcomes on systemd 252 and 257; only the error's wording differs (both signatures)."""

@@ -190,7 +190,8 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     try:
         _boot_and_provision(settings, lab, provider, facts, verbose)
     except BaseException:
-        left = libvirt.domain_state(domain) if provider == "libvirt" and libvirt.reachable() else "unknown"
+        answers = provider == "libvirt" and libvirt.reachable()
+        left = libvirt.domain_state(domain) if answers else "its state unknown: libvirtd does not answer"
         what = "nothing" if left == "not created" else f"domain {domain} ({left})"
         console.info(f"[yellow]lab.up did not finish; it left: {what}. The next lab.up cleans it up and starts "
                      f"over; lab.destroy removes it.[/]")
