@@ -154,10 +154,7 @@ def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False,
         for fix_id, title, expected in engine.list_fixes(s):
             console.info(f"  [cyan]{fix_id:<14}[/] {title}  [dim]→ {expected}[/]")
         return
-    only = tuple(fix or ())
-    for fix_id in only:
-        s.scenario_data.fix(s.target, fix_id)
-    if not engine.run(s, only=only, step_mode=step, publish=write_reports, start_from=from_ or "",
+    if not engine.run(s, only=tuple(fix or ()), step_mode=step, publish=write_reports, start_from=from_ or "",
                       keep_failing=keep_failing):
         raise Exit(code=1)
 
@@ -260,10 +257,10 @@ def scenarios(c):
 
     for sid in sc.shipped():
         s = sc.load(sid)
-        console.info(f"[bold cyan]{sid}[/]: {s.model.title}")
+        console.info(f"[bold cyan]{sid}[/]  {s.model.title}")
         for target in s.target_names:
             fixes = ", ".join(f.id for f in s.fixes_for(target)) or "no fixes"
-            console.info(f"   {target:<17} {fixes}")
+            console.info(f"   ↳ {target}: {fixes}")
 
 
 @task(help={"scenario": "a shipped scenario id or a folder (default: the settings' scenario)",

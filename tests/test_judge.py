@@ -59,9 +59,9 @@ def test_a_failure_without_its_signature_is_not_the_bug() -> None:
     base = SEED.model.baseline
     sigs = sc.signatures(base, "bookworm")
     assert judge.matched_signatures(sigs, ["lxc-start: permission denied on something else"]) == []
-    assert not judge.judge("failing", "failing", True, sigs, [])
-    assert judge.judge("failing", "failing", True, sigs, [sigs[1]])
-    assert not judge.judge("failing", "running", True, sigs, [sigs[1]])
+    assert not judge.judge("failing", "failing", sigs, [])
+    assert judge.judge("failing", "failing", sigs, [sigs[1]])
+    assert not judge.judge("failing", "running", sigs, [sigs[1]])
     found = judge.matched_signatures(sigs, judge.parse_observation(ABORTED).notes)
     assert found == ["Failed to setup cgroup limits"]
 

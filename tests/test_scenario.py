@@ -55,7 +55,7 @@ def test_recorded_observations_classify_as_measured(tmp_path: Path, fix_id: str,
     observed = judge.classify(p.rules, judge.facts(obs, judge.StepRecord(**start)))
     assert observed == expected
     sigs = judge.matched_signatures(t.signatures, [start["stdout"], start["stderr"], *obs.notes])
-    assert judge.judge(t.expected, observed, t.failure, t.signatures, sigs)
+    assert judge.judge(t.expected, observed, t.signatures, sigs)
 
 
 def test_parse_observation_running_with_limit(tmp_path: Path) -> None:
@@ -76,8 +76,8 @@ def test_a_failure_without_the_signature_is_not_the_bug(tmp_path: Path) -> None:
     base = plan(make_settings(tmp_path, target="bookworm"), make_facts()).baseline
     assert base.failure and base.signatures
     assert judge.matched_signatures(base.signatures, ["lxc-start: permission denied on something else"]) == []
-    assert not judge.judge(base.expected, "failing", base.failure, base.signatures, [])
-    assert not judge.judge(base.expected, "running", base.failure, base.signatures, [])
+    assert not judge.judge(base.expected, "failing", base.signatures, [])
+    assert not judge.judge(base.expected, "running", base.signatures, [])
 
 
 def test_signature_placeholders_use_the_lab_names(tmp_path: Path) -> None:

@@ -74,10 +74,3 @@ def _shellcheck(scenario: sc.Scenario, scripts: dict[str, str], commands: dict[s
         out.append(f"{where.get(path, path)}:{rest}")
     return out
 
-
-def shipped_report() -> dict[str, list[str]]:
-    """Every shipped scenario's problems, by id (empty lists when clean)."""
-    return {sid: check(sid)[1] for sid in sc.shipped()}
-
-
-__all__ = ["check", "shipped_report"]

@@ -20,6 +20,7 @@ from lab.report.rows import (
     story_steps,
     verdict,
 )
+from lab.run import record
 from lab.run.record import LATEST, RECORD
 
 Renderer = Callable[[dict], str]
@@ -48,7 +49,7 @@ def load_record(run_dir: Path) -> dict:
     """The record of one run (its verify.json); LabError if it is missing or damaged."""
     path = run_dir / RECORD
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return record.load(run_dir)
     except FileNotFoundError:
         raise LabError(f"no verify record at {path}", hint="run: invoke lab.verify") from None
     except json.JSONDecodeError as exc:

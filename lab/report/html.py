@@ -11,7 +11,7 @@ from pathlib import Path
 from lab.core import paths
 from lab.report.cast import HEIGHT, WIDTH
 from lab.report.cast import render as render_cast
-from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, verdict
+from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, try_facts, verdict
 
 # The asciinema player, installed by setup.sh (npm ci in vendor/npm) and inlined into every page.
 PLAYER_PACKAGE = paths.PROJECT_DIR / "vendor" / "npm"
@@ -228,14 +228,7 @@ def try_section(record: dict, row: dict, steps: list[dict]) -> list[str]:
     out.append(f'<p class="{klass(ok)}">Observed: <strong>{escape(row.get("observed", ""))}</strong> (expected '
                f'<strong>{escape(row.get("expected", ""))}</strong>) — <span class="mark">{mark(ok)}</span> '
                f"{escape(verdict(record, row))}.</p>")
-    facts = []
-    if row.get("signature_matched"):
-        facts.append("failure signature seen: " + "; ".join(code(s) for s in row["signature_matched"]))
-    if row.get("fields"):
-        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row["fields"].items()))
-    facts += [f"log: {code(line)}" for line in (row.get("notes") or [])[-3:]]
-    facts.append("cleaned up (and reverted) afterwards" if row.get("reverted")
-                 else "<strong>could not be cleaned up or reverted</strong>")
+    facts = try_facts(row, code, lambda text: f"<strong>{escape(text)}</strong>")
     out.append("<ul>" + "".join(f"<li>{fact}</li>" for fact in facts) + "</ul>")
     return [*out, "</section>"]
 

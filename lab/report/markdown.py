@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, verdict
+from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, steps_of, try_facts, verdict
 
 MAX_OUTPUT_LINES = 12
 
@@ -131,14 +131,7 @@ def fix_section(number: int, record: dict, row: dict, steps: list[dict]) -> list
     out += plumbing_note(steps)
     out += ["", f"Observed: **{row.get('observed', '')}** (expected **{row.get('expected', '')}**) — "
                 f"{mark(row.get('ok', False))} {verdict(record, row)}."]
-    facts = []
-    if row.get("signature_matched"):
-        facts.append("failure signature seen: " + "; ".join(code(s) for s in row["signature_matched"]))
-    if row.get("fields"):
-        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row["fields"].items()))
-    facts += [f"log: {code(line)}" for line in (row.get("notes") or [])[-3:]]
-    facts.append("cleaned up (and reverted) afterwards" if row.get("reverted")
-                 else "**could not be cleaned up or reverted**")
+    facts = try_facts(row, code, lambda text: f"**{text}**")
     out += ["", *(f"- {fact}" for fact in facts)]
     return out
 

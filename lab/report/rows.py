@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from lab.run.judge import verdict_words
@@ -60,6 +61,20 @@ def output_lines(step: dict) -> list[str]:
     if step.get("stdout") and not step["stdout"].endswith("\n") and step.get("stderr"):
         text = step["stdout"] + "\n" + step["stderr"]
     return text.rstrip().splitlines()
+
+
+def try_facts(row: dict, code: Callable[[str], str], strong: Callable[[str], str]) -> list[str]:
+    """What a try left to say besides its verdict (signatures seen, observed fields, log lines,
+    whether it was cleaned up), each item marked up by the format's own code() and strong()."""
+    facts = []
+    if row.get("signature_matched"):
+        facts.append("failure signature seen: " + "; ".join(code(s) for s in row["signature_matched"]))
+    if row.get("fields"):
+        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row["fields"].items()))
+    facts += [f"log: {code(line)}" for line in (row.get("notes") or [])[-3:]]
+    facts.append("cleaned up (and reverted) afterwards" if row.get("reverted")
+                 else strong("could not be cleaned up or reverted"))
+    return facts
 
 
 def verdict(record: dict, row: dict) -> str:

@@ -77,39 +77,36 @@ class Runner:
                     command_timeout=self.settings.command_timeout, label=f"lab {self.settings.name} as {user}") as r:
             return r.run(command, step=step)
 
-    def command(self, id: str, cmd: PlannedCommand, expected: str = "succeed", quiet: bool = False,
-                title: str = "") -> judge.StepRecord:
+    def _step(self, id: str, title: str, shown: str, user: str, run: Callable[[], CommandResult],
+              expected: str = "succeed", why: str = "", quiet: bool = False) -> judge.StepRecord:
+        """Show the command as typed, run it, record it, show what it printed (unless quiet)."""
         started = time.monotonic() - self.began
-        title = title or cmd.title
         if not quiet:
-            self.live.before(cmd.shown, cmd.user if cmd.channel == "ssh" else self.plan.admin)
-        if cmd.channel == "ssh":
-            result = self._guarded(lambda: self._login_as(cmd.user, cmd.run, id))
-        else:
-            shell = self.shell(cmd.channel == "root")
-            result = self._guarded(lambda: shell.run(cmd.run, step=id, timeout=self.settings.command_timeout))
-        user = cmd.user if cmd.channel == "ssh" else self.plan.admin
-        rec = judge.StepRecord.from_result(id, title, result, expected, started, why=cmd.why, shown=cmd.shown,
-                                           user=user)
+            self.live.before(shown, user)
+        result = self._guarded(run)
+        rec = judge.StepRecord.from_result(id, title, result, expected, started, why=why, shown=shown, user=user)
         self.steps.append(rec)
         if not quiet:
             self.live.after(rec)
         return rec
 
+    def command(self, id: str, cmd: PlannedCommand, expected: str = "succeed", quiet: bool = False,
+                title: str = "") -> judge.StepRecord:
+        """A command as the user types it, through its channel (admin, root or a fresh SSH login)."""
+        if cmd.channel == "ssh":
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user,
+                              lambda: self._login_as(cmd.user, cmd.run, id), expected, cmd.why, quiet)
+        shell = self.shell(cmd.channel == "root")
+        return self._step(id, title or cmd.title, cmd.shown, self.plan.admin,
+                          lambda: shell.run(cmd.run, step=id, timeout=self.settings.command_timeout),
+                          expected, cmd.why, quiet)
+
     def script(self, id: str, title: str, rel: str, script: PlannedScript, quiet: bool = True) -> judge.StepRecord:
         """A root script, fed to root's shell on stdin; shown as the `sudo bash FILE` it is."""
-        started = time.monotonic() - self.began
-        shown = f"sudo bash {rel}"
-        if not quiet:
-            self.live.before(shown, self.plan.admin)
         shell = self.shell(True)
-        result = self._guarded(lambda: shell.run(script.text, stdin=script.text, step=id,
-                                                 timeout=self.settings.command_timeout))
-        rec = judge.StepRecord.from_result(id, title, result, "succeed", started, shown=shown, user=self.plan.admin)
-        self.steps.append(rec)
-        if not quiet:
-            self.live.after(rec)
-        return rec
+        return self._step(id, title, f"sudo bash {rel}", self.plan.admin,
+                          lambda: shell.run(script.text, stdin=script.text, step=id,
+                                            timeout=self.settings.command_timeout), quiet=quiet)
 
 
 def list_fixes(settings: Settings) -> list[tuple[str, str, str]]:
@@ -270,7 +267,7 @@ def _try(r: Runner, t: PlannedTry, label: str | None = None, announce: str = "")
         observed = judge.classify(p.rules, judge.facts(obs, start))
         matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes])
         rec.observed, rec.signature_matched, rec.fields, rec.notes = observed, matched, obs.fields, obs.notes[-10:]
-        rec.ok = judge.judge(t.expected, observed, t.failure, t.signatures, matched)
+        rec.ok = judge.judge(t.expected, observed, t.signatures, matched)
         start.ok = start.ok and rec.ok
         r.live.outcome(rec)
     finally:

@@ -112,10 +112,9 @@ def matched_signatures(patterns: Iterable[str], texts: Iterable[str]) -> list[st
     return [p for p in patterns if re.search(p, blob, re.MULTILINE)]
 
 
-def judge(expected: str, observed: str, failure: bool, signatures: tuple[str, ...], matched: list[str]) -> bool:
+def judge(expected: str, observed: str, signatures: tuple[str, ...], matched: list[str]) -> bool:
     """As expected: the same outcome, and when the try lists signatures for this target, one of
-    them was seen (a failure, or a silent fallback, only counts as the bug when it says so).
-    failure is kept for the caller's wording; the rule is the same for every outcome."""
+    them was seen (a failure, or a silent fallback, only counts as the bug when it says so)."""
     if observed != expected:
         return False
     if signatures:

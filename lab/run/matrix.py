@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from lab.core.files import write_files
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 
-Publish = Callable[[Path], Iterable[Path]]
 MATRIX_DIR = "matrix"
 
 
@@ -45,7 +43,7 @@ def _cell(settings: Settings, rec: dict) -> dict:
 
 
 def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publish_run: engine.Publish | None = None,
-        publish: Publish | None = None) -> bool:
+        publish: engine.Publish | None = None) -> bool:
     """Verify settings' scenario on each target; True when every cell that ran met its expectation.
 
     A lab that was already up is used and left up; the labs the matrix brought up are destroyed
