@@ -209,13 +209,13 @@ def reset(c, target=None, scenario=None, name=None):
     console.info(f"[green]✓[/] lab reset to its baseline snapshot in {seconds:.1f}s")
 
 
-@task(help=flags(*LAB_FLAGS))
+@task(help=flags(*LAB_FLAGS, fresh="first rebuild the box from nothing and time build + up + verify (~4 min)"))
 @guarded
-def bench(c, target=None, scenario=None, provider=None, name=None, config=None):
+def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None):
     """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
     from lab.run import bench as b
 
-    b.run(_settings(target, scenario, provider, name, config))
+    b.run(_settings(target, scenario, provider, name, config), fresh=fresh)
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
@@ -234,9 +234,10 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
 
 
 @task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
-            "keep": "keep the labs the matrix brought up", "config": FLAG_HELP["config"]})
+            "keep": "keep the labs the matrix brought up",
+            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host)", "config": FLAG_HELP["config"]})
 @guarded
-def matrix(c, scenario=None, targets=None, keep=False, config=None):
+def matrix(c, scenario=None, targets=None, keep=False, jobs=1, config=None):
     """Run one scenario over several targets: up, verify, destroy each; one combined report."""
     from lab.report import write_reports
     from lab.report.matrix import write_matrix_reports
@@ -245,7 +246,7 @@ def matrix(c, scenario=None, targets=None, keep=False, config=None):
     base = _settings(scenario=scenario, config=config,
                      target=(targets.split(",")[0].strip() if targets else None))
     wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
-    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports):
+    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=int(jobs)):
         raise Exit(code=1)
 
 

@@ -4,17 +4,21 @@ objects that carry this lab's owner mark."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lab.config.settings import Settings, from_json
 from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError, ToolMissing
 from lab.core.files import write_files
+from lab.core.paths import cache_dir
 from lab.host import accel, libvirt, proc, tools
 from lab.host.providers import resolve_provider
 from lab.images.build import build, cached_box
@@ -184,18 +188,20 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     if st.phase == Phase.UP or (provider == "libvirt" and libvirt.domain_owner(domain) is not None):
         console.info("an earlier lab.up of this lab did not finish: removing what it left, then starting over")
         _remove(settings, lab, provider)
-    render_lab(settings, probe_network=True)
+    clock = PhaseClock()
+    with _network_lock(settings):
+        render_lab(settings, probe_network=True)
+        facts = load_facts(lab)
+        if provider == "libvirt" and libvirt.ensure_network(domain, facts.network_octet):
+            console.info(f"network {domain}: 192.168.{facts.network_octet}.0/24, isolated, spanning tree off")
     state.advance(lab, Phase.RENDERED, "up")
-    facts = load_facts(lab)
+    clock.mark("lab: render and network")
     if (settings.box.endswith(".box") or not settings.box) and facts.box_name not in box_names():
         with console.step(f"vagrant box add {facts.box_name}", "the box to be unpacked", verbose) as out:
             box_add(facts.box_name, Path(facts.box_url), timeout=900, on_line=out)
     state.advance(lab, Phase.UP, "up")
-    clock = PhaseClock()
+    clock.mark("vagrant: box add (first time only)")
     try:
-        if provider == "libvirt" and libvirt.ensure_network(domain, facts.network_octet):
-            console.info(f"network {domain}: 192.168.{facts.network_octet}.0/24, isolated, spanning tree off")
-        clock.mark("lab: network")
         _boot_and_provision(settings, lab, provider, facts, verbose, clock)
     except BaseException:
         answers = provider == "libvirt" and libvirt.reachable()
@@ -247,6 +253,29 @@ def _settle(remote: Remote, settings: Settings, verbose: bool) -> None:
     elif status[0] not in ("running", "no-systemd"):
         raise TestbedError(f"the guest's boot did not finish: systemctl is-system-running says {status[0]!r}",
                            hint="look inside with: invoke lab.ssh; raise boot_timeout if it is just slow")
+
+
+@contextmanager
+def _network_lock(settings: Settings) -> Iterator[None]:
+    """Host-wide, while a lab picks its free /24 and defines its network, so labs brought up at
+    once (lab.matrix --jobs, two checkouts) never pick the same one. Waits at most ssh_timeout."""
+    path = cache_dir() / "network.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        deadline = time.monotonic() + settings.ssh_timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"another lab.up held {path} for {settings.ssh_timeout:.0f}s",
+                                   hint="is a lab.up hung? see: ps; raise ssh_timeout") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _boot_and_provision(settings: Settings, lab: paths.LabDir, provider: str, facts: LabFacts,
