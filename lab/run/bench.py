@@ -101,6 +101,7 @@ def run(settings: Settings, fresh: bool = False) -> dict:
         figures["fresh_build_up_verify_s"] = round(time.monotonic() - began, 2)
     elif libvirt.domain_state(lifecycle.domain_name(settings)) != "running":
         lifecycle.up(settings)
+    lifecycle.reset(settings)  # verify from the baseline, as after lab.up or lab.reset
     wall, guest, rec = verify_figures(settings)
     figures["verify_wall_s"] = round(wall, 2)
     figures["verify_guest_s"] = round(guest, 2)
