@@ -28,6 +28,7 @@ def test_the_lab_network_has_spanning_tree_off(network: str) -> None:
     xml = libvirt.virsh("net-dumpxml", network, check=True).stdout
     assert re.search(r"<bridge name='[^']+' stp='off'", xml), xml
     assert f"address='192.168.{octet}.1'" in xml and "<forward" not in xml
+    assert "<dnsmasq:option value='no-ping'/>" in xml
     assert "Active:" in libvirt.virsh("net-info", network).stdout
     assert libvirt.ensure_network(network, octet) is False  # there already: left as it is
 

@@ -118,6 +118,7 @@ def test_provisioned_box_lab_boots_without_vagrant_round_trips(tmp_path: Path) -
     vf = render_all(s, make_facts(box_provisioned=True, private_key_path="/labs/x/ssh/id_ed25519"))["Vagrantfile"]
     assert "m.ssh.insert_key = false" in vf
     assert "m.ssh.private_key_path = ['/labs/x/ssh/id_ed25519']" in vf
+    assert "m.ssh.username = 'labadmin'" in vf
     assert "m.vm.hostname" not in vf and "m.vm.provision" not in vf
     assert f"'name=opt/cgroup-lab/hostname,string={s.name}'" in vf
     assert "'name=opt/cgroup-lab/authorized_keys,string=ssh-ed25519 " in vf

@@ -92,7 +92,8 @@ class Remote:
         self._client: paramiko.SSHClient | None = None
 
     def __enter__(self) -> Remote:
-        self.connect()
+        if self._client is None:  # a Remote connected earlier (lab.up's early login) is kept
+            self.connect()
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
@@ -147,7 +148,7 @@ class Remote:
                         hint="is the VM running? see: invoke lab.status; raise ssh_timeout if it is just slow",
                     ) from None
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 1.0)  # a refused or unanswered attempt costs little; come back soon
                 continue
             client.save_host_keys(str(self.known_hosts))
             transport = client.get_transport()
