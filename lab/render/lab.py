@@ -24,6 +24,8 @@ class LabFacts:
     public_key: str
     network_octet: int
     owner: str = ""  # the owner mark written into the domain's description (host.libvirt.owner_mark)
+    libvirt_uri: str = "qemu:///system"  # the URI vagrant-libvirt connects to (host.libvirt.Host.libvirt_uri)
+    ssh_proxy: str = ""  # on a remote libvirt host: Vagrant's ProxyCommand to the guest through it
 
     @property
     def network_address(self) -> str:
