@@ -9,11 +9,13 @@ in seconds. vm: lab.up, lab.verify, lab.destroy of the seed on bookworm-unified 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,6 +205,76 @@ def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_
         assert time.monotonic() - started < QUICK
     finally:
         guest.stop()
+
+
+def second_host(loopback_host: LoopbackHost, where: Path) -> LoopbackHost:
+    """Another sshd in front of this machine's libvirtd, same client key, its own host key pinned."""
+    where.mkdir()
+    server = Sshd(where, free_port(), "root")
+    server.authorize(loopback_host.key.with_suffix(".pub").read_text())
+    server.start()
+    known_hosts = where / "pinned"
+    known_hosts.write_text(f"[127.0.0.1]:{server.port} ssh-ed25519 {server.host_key_blob}\n", encoding="utf-8")
+    return LoopbackHost(server, loopback_host.key, known_hosts)
+
+
+@pytest.mark.integration
+def test_a_host_vanishing_mid_command_ends_it_in_seconds(loopback_host: LoopbackHost, tmp_path: Path) -> None:
+    """The libvirt host (the jump) goes away while a guest command runs: a TestbedError naming the
+    lost connection within seconds, not the command's own timeout."""
+    host = second_host(loopback_host, tmp_path / "host")
+    (tmp_path / "guest").mkdir()
+    guest = Sshd(tmp_path / "guest", free_port(), "root")
+    guest_key = tmp_path / "lab" / "id_ed25519"
+    guest.authorize(ensure_keypair(guest_key, guest_key.with_suffix(".pub"), "lab-test-guest"))
+    guest.start()
+    try:
+        jump = Jump(host="127.0.0.1", port=host.sshd.port, user="root", key_file=host.key,
+                    known_hosts=host.known_hosts, strict=True, timeout=10, label="the vanishing host")
+        remote = Remote(Endpoint("127.0.0.1", guest.port, "root", guest_key, jump=jump), tmp_path / "guest_hosts",
+                        connect_timeout=20, command_timeout=120, label="the test guest")
+        with remote:
+            timer = threading.Timer(2.0, host.sshd.stop)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(errors.TestbedError, match="dropped"):
+                remote.run("sleep 60", step="a long step")
+            assert time.monotonic() - started < QUICK
+            timer.join()
+    finally:
+        host.sshd.stop()
+        guest.stop()
+
+
+@pytest.mark.integration
+def test_a_vanished_host_is_not_a_missing_domain(loopback_host: LoopbackHost, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the host is gone, libvirt queries raise a TestbedError naming the URI (exit 3) instead
+    of answering "not created", which would make lab.up start over on a host it cannot see."""
+    from labtest import make_settings
+
+    from lab.host import libvirt
+
+    monkeypatch.chdir(tmp_path)
+    host = second_host(loopback_host, tmp_path / "host")
+    uri = host.uri()
+    s = make_settings(tmp_path, target="bookworm-unified", libvirt_uri=uri, libvirt_timeout=10)
+
+    def check() -> None:
+        libvirt.use(s)
+        assert libvirt.domain_state("lab-rmt-nothing-here") == "not created"
+        host.sshd.stop()
+        started = time.monotonic()
+        with pytest.raises(errors.TestbedError, match="is unreachable") as info:
+            libvirt.domain_state("lab-rmt-nothing-here")
+        assert uri in info.value.message and "Connection refused" in info.value.message
+        assert time.monotonic() - started < QUICK
+        assert errors.TestbedError.exit_code == 3
+
+    try:
+        contextvars.copy_context().run(check)
+    finally:
+        host.sshd.stop()
 
 
 # --- vm tier: one lab through the URI -------------------------------------------------------------
