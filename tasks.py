@@ -242,15 +242,16 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
 
 
 @task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
-            "keep": "keep the labs the matrix brought up", "config": FLAG_HELP["config"]})
+            "keep": "keep the labs the matrix brought up", "config": FLAG_HELP["config"],
+            "libvirt_uri": FLAG_HELP["libvirt_uri"]})
 @guarded
-def matrix(c, scenario=None, targets=None, keep=False, config=None):
+def matrix(c, scenario=None, targets=None, keep=False, config=None, libvirt_uri=None):
     """Run one scenario over several targets: up, verify, destroy each; one combined report."""
     from lab.report import write_reports
     from lab.report.matrix import write_matrix_reports
     from lab.run import matrix as m
 
-    base = _settings(scenario=scenario, config=config,
+    base = _settings(scenario=scenario, config=config, libvirt_uri=libvirt_uri,
                      target=(targets.split(",")[0].strip() if targets else None))
     wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
     if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports):

@@ -23,11 +23,16 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from labtest import make_facts, make_settings
 from test_remote_sshd import Sshd, free_port, needs_sshd
 
 from lab.core import errors
+from lab.core.files import write_files
+from lab.host import libvirt
 from lab.remote.keys import ensure_keypair
 from lab.remote.ssh import Endpoint, Jump, Remote
+from lab.render.lab import render_all
+from lab.render.plan import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SSH_DIR = Path.home() / ".ssh"
@@ -88,8 +93,6 @@ def loopback_host(tmp_path_factory: pytest.TempPathFactory, ssh_unchanged: None)
     server.start()
     known_hosts = root / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{server.port} ssh-ed25519 {server.host_key_blob}\n", encoding="utf-8")
-    from lab.host import libvirt
-
     libvirt.ensure_daemons()  # the libvirtd behind the sshd is this machine's
     try:
         yield LoopbackHost(server, key, known_hosts)
@@ -207,6 +210,26 @@ def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_
         guest.stop()
 
 
+@pytest.mark.integration
+def test_vagrant_validates_the_remote_vagrantfile(loopback_host: LoopbackHost, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lab.render writes for a qemu+ssh URI passes `vagrant validate` (vagrant-libvirt reads
+    lv.uri, its keyfile; Vagrant's own ssh.proxy_command is the tool's wrapper)."""
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, target="bookworm-unified", libvirt_uri=loopback_host.uri())
+    host = libvirt.host_for(s)
+    assert host.access is not None
+    facts = make_facts(libvirt_uri=host.libvirt_uri, ssh_proxy=host.access.proxy_command)
+    out = tmp_path / "rendered"
+    write_files(out, {**render_all(s, facts), **plan(s, facts).scripts})
+    env = {**os.environ, "VAGRANT_DEFAULT_PROVIDER": "libvirt", "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    result = subprocess.run(["vagrant", "validate"], cwd=out, env=env, capture_output=True, text=True,
+                            timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ssh_config = (out / "Vagrantfile").read_text()
+    assert f"lv.uri = '{host.libvirt_uri}'" in ssh_config
+
+
 def second_host(loopback_host: LoopbackHost, where: Path) -> LoopbackHost:
     """Another sshd in front of this machine's libvirtd, same client key, its own host key pinned."""
     where.mkdir()
@@ -251,10 +274,6 @@ def test_a_vanished_host_is_not_a_missing_domain(loopback_host: LoopbackHost, tm
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the host is gone, libvirt queries raise a TestbedError naming the URI (exit 3) instead
     of answering "not created", which would make lab.up start over on a host it cannot see."""
-    from labtest import make_settings
-
-    from lab.host import libvirt
-
     monkeypatch.chdir(tmp_path)
     host = second_host(loopback_host, tmp_path / "host")
     uri = host.uri()
@@ -310,6 +329,10 @@ def test_up_verify_destroy_through_qemu_ssh(loopback_host: LoopbackHost, tmp_pat
         assert record["ok"] is True and record["baseline"]["observed"] == "unlimited"
         status, _ = invoke(tmp_path, "lab.status", "--name", name)
         assert uri in status.stdout and "running" in status.stdout
+        ssh, _ = invoke(tmp_path, "lab.ssh", "--name", name, "--command", "echo $SSH_CONNECTION")  # ProxyCommand
+        assert ssh.returncode == 0 and ssh.stdout.split()[2].startswith("192.168.")
+        reset, _ = invoke(tmp_path, "lab.reset", "--name", name, timeout=900)
+        assert reset.returncode == 0
     finally:
         destroy, destroy_s = invoke(tmp_path, "lab.destroy", "--name", name, timeout=900)
     assert destroy.returncode == 0
