@@ -121,8 +121,16 @@ def test_first_contact_pins_the_host_key_in_the_labs_file(loopback_host: Loopbac
     uri = loopback_host.uri(strict=False)
     result, _ = invoke(tmp_path, "lab.doctor", "--target", "bookworm-unified", "--libvirt-uri", uri)
     assert result.returncode == 0, result.stderr
-    pinned = (tmp_path / ".lab" / "hosts" / "known_hosts").read_text()
+    hosts_file = tmp_path / ".lab" / "hosts" / "known_hosts"
+    pinned = hosts_file.read_text()
     assert loopback_host.sshd.host_key_blob in pinned
+    # paramiko's jump reads what ssh pinned (Debian's ssh_config hashes host names) and agrees
+    jump = Jump(host="127.0.0.1", port=loopback_host.sshd.port, user="root", key_file=loopback_host.key,
+                known_hosts=hosts_file, strict=False, timeout=10, label=uri)
+    with Remote(Endpoint("127.0.0.1", loopback_host.sshd.port, "root", loopback_host.key, jump=jump),
+                tmp_path / "guest_hosts", connect_timeout=20, command_timeout=20, label="the host itself") as r:
+        assert r.run("echo ok").stdout == "ok\n"
+    assert len(hosts_file.read_text().splitlines()) == len(pinned.splitlines()), "no second entry for the host"
     # the same checkout, a host whose key changed (another sshd on the same port would be a new host)
     (tmp_path / "other").mkdir()
     other = Sshd(tmp_path / "other", free_port(), "root")
