@@ -186,7 +186,8 @@ def test_a_bad_uri_is_one_line_and_exit_2(tmp_path: Path, uri: str) -> None:
 
 
 @pytest.mark.integration
-def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_path: Path) -> None:
+def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     """paramiko's jump: a second sshd plays the guest; the connection to it runs in a direct-tcpip
     channel of the connection to the libvirt host."""
     guest_dir = tmp_path / "guest"
@@ -205,6 +206,13 @@ def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_
             assert remote._jump is not None and remote._client is not None
             transport = remote._client.get_transport()
             assert transport is not None and isinstance(transport.sock, paramiko.Channel)  # inside the jump
+        # a guest that does not answer yet: retried quietly until connect_timeout, then one error
+        booting = Remote(Endpoint("127.0.0.1", free_port(), "root", guest_key, jump=jump), tmp_path / "guest_hosts",
+                         connect_timeout=2, command_timeout=20, label="a booting guest")
+        caplog.clear()
+        with pytest.raises(errors.TestbedError, match="could not reach a booting guest"):
+            booting.connect()
+        assert not [r for r in caplog.records if "open FAILED" in r.getMessage()], "no log line per retry"
         # the host vanishes: the next connection fails at once, naming it
         closed = Jump(host="127.0.0.1", port=free_port(), user="root", key_file=loopback_host.key,
                       known_hosts=loopback_host.known_hosts, strict=True, timeout=5, label="the gone host")

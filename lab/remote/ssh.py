@@ -12,6 +12,7 @@ host's key checked against the tool's own file (lab.host.sshhost), never ~/.ssh/
 from __future__ import annotations
 
 import getpass
+import logging
 import re
 import select
 import shlex
@@ -26,6 +27,7 @@ import paramiko
 from lab.core.errors import LabError, TestbedError
 
 MARKER = "__LAB_GUEST_SECONDS__"
+JUMP_LOG = "paramiko.transport.lab-jump"
 MARKER_RE = re.compile(rf"\n?{MARKER} (\d+)\n?$")
 
 
@@ -172,6 +174,10 @@ class Remote:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(5)
+        # a refused direct-tcpip channel (the guest still booting) is retried and reported by connect();
+        # paramiko would also log each refusal at ERROR on stderr
+        transport.set_log_channel(JUMP_LOG)
+        logging.getLogger(JUMP_LOG).setLevel(logging.CRITICAL)
         self._jump = client
         return transport
 
