@@ -214,16 +214,16 @@ def reset(c, target=None, scenario=None, name=None):
     console.info(f"[green]✓[/] lab reset to its baseline snapshot in {seconds:.1f}s")
 
 
-@task(help=flags(*LAB_FLAGS))
+@task(help=flags(*LAB_FLAGS, fresh="first rebuild the box from nothing and time build + up + verify (~4 min)"))
 @guarded
-def bench(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None):
+def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None, libvirt_uri=None):
     """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
     from lab.host import libvirt
     from lab.run import bench as b
 
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
     libvirt.use(s)
-    b.run(s)
+    b.run(s, fresh=fresh)
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
@@ -242,10 +242,11 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
 
 
 @task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
-            "keep": "keep the labs the matrix brought up", "config": FLAG_HELP["config"],
+            "keep": "keep the labs the matrix brought up",
+            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host)", "config": FLAG_HELP["config"],
             "libvirt_uri": FLAG_HELP["libvirt_uri"]})
 @guarded
-def matrix(c, scenario=None, targets=None, keep=False, config=None, libvirt_uri=None):
+def matrix(c, scenario=None, targets=None, keep=False, jobs=1, config=None, libvirt_uri=None):
     """Run one scenario over several targets: up, verify, destroy each; one combined report."""
     from lab.report import write_reports
     from lab.report.matrix import write_matrix_reports
@@ -254,7 +255,7 @@ def matrix(c, scenario=None, targets=None, keep=False, config=None, libvirt_uri=
     base = _settings(scenario=scenario, config=config, libvirt_uri=libvirt_uri,
                      target=(targets.split(",")[0].strip() if targets else None))
     wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
-    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports):
+    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=int(jobs)):
         raise Exit(code=1)
 
 

@@ -223,11 +223,11 @@ def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tu
 
 
 def test_matrix_over_three_targets_and_trusty(bookworm_lab: tuple[Path, str]) -> None:
-    """lab.matrix of the seed: bookworm (up already: used, left up), bookworm-unified and trixie
-    (brought up, verified, destroyed one after the other), trusty not run with its reason."""
+    """lab.matrix --jobs 2 of the seed: bookworm (up already: used, left up), bookworm-unified and
+    trixie (brought up, verified, destroyed, two labs at a time), trusty not run with its reason."""
     workdir, name = bookworm_lab
     result = invoke(workdir, "lab.matrix", "--scenario", "sudo-lxc-cgroups", "--targets",
-                    "trusty,bookworm,bookworm-unified,trixie", timeout=3600)
+                    "trusty,bookworm,bookworm-unified,trixie", "--jobs", "2", timeout=3600)
     assert result.returncode == 0
     where = workdir / ".lab" / "matrix" / "sudo-lxc-cgroups" / "latest"
     rec = json.loads((where / "matrix.json").read_text())
@@ -241,6 +241,8 @@ def test_matrix_over_three_targets_and_trusty(bookworm_lab: tuple[Path, str]) ->
     assert {p.name for p in where.iterdir()} >= {"matrix.json", "matrix.md", "junit.xml", "matrix.html"}
     ET.parse(where / "junit.xml")
     assert "not run" in (where / "matrix.md").read_text()
+    assert rec["jobs"] == 2 and "not run" in Path(cells["trusty"]["log"]).read_text()
+    assert "verify" in Path(cells["trixie"]["log"]).read_text().lower()
 
 
 def test_another_checkout_cannot_take_the_lab(bookworm_lab: tuple[Path, str], tmp_path: Path) -> None:

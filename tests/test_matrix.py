@@ -83,3 +83,24 @@ def test_an_unknown_target_is_refused_before_anything(tmp_path: Path, monkeypatc
     with pytest.raises(LabError, match="has no target 'trusty'"):
         matrix.run(s, ("bookworm", "trusty"))
     assert not (tmp_path / ".lab").exists()
+
+
+def test_jobs_run_cells_side_by_side_each_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs 2 goes through the thread pool: each cell's output lands in its own log, the record
+    keeps the targets' order and says how many ran at once (trusty: the real not-run path)."""
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, target="trusty")
+    assert matrix.run(s, ("trusty",), publish=report.write_matrix_reports, jobs=2) is False
+    rec = json.loads((matrix.matrix_root("sudo-lxc-cgroups") / "latest" / "matrix.json").read_text())
+    assert rec["jobs"] == 2 and [c["target"] for c in rec["targets"]] == ["trusty"]
+    log = Path(rec["targets"][0]["log"])
+    assert log.parent.name == "logs" and "not run" in log.read_text()
+
+
+@pytest.mark.parametrize("jobs", [0, 9])
+def test_jobs_out_of_range_are_refused_before_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       jobs: int) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LabError, match="--jobs must be between 1 and 8"):
+        matrix.run(make_settings(tmp_path, target="bookworm"), ("bookworm",), jobs=jobs)
+    assert not (tmp_path / ".lab").exists()

@@ -109,3 +109,42 @@ def test_default_network_is_stable_and_in_range() -> None:
     a = default_network_octet("bookworm")
     assert a == default_network_octet("bookworm")
     assert 100 <= a < 220
+
+
+def test_provisioned_box_lab_boots_without_vagrant_round_trips(tmp_path: Path) -> None:
+    """A lab on a box lab.build provisioned: no provisioners, no key insertion or hostname over SSH;
+    the key and hostname go to QEMU as fw_cfg entries, the key file is the lab's own."""
+    s = make_settings(tmp_path, target="bookworm")
+    vf = render_all(s, make_facts(box_provisioned=True, private_key_path="/labs/x/ssh/id_ed25519"))["Vagrantfile"]
+    assert "m.ssh.insert_key = false" in vf
+    assert "m.ssh.private_key_path = ['/labs/x/ssh/id_ed25519']" in vf
+    assert "m.vm.hostname" not in vf and "m.vm.provision" not in vf
+    assert f"'name=opt/cgroup-lab/hostname,string={s.name}'" in vf
+    assert "'name=opt/cgroup-lab/authorized_keys,string=ssh-ed25519 " in vf
+    assert "m.vm.guest = 'debian'" in vf and "m.vm.allow_fstab_modification = false" in vf
+    classic = render_all(s, make_facts())["Vagrantfile"]
+    assert "m.ssh.insert_key = true" in classic and "fw_cfg" not in classic and "m.vm.provision" in classic
+
+
+def test_fw_cfg_values_double_their_commas() -> None:
+    from lab.render.lab import fw_cfg_entry
+
+    assert fw_cfg_entry("authorized_keys", "ssh-ed25519 AAA a,b") == \
+        "name=opt/cgroup-lab/authorized_keys,string=ssh-ed25519 AAA a,,b"
+
+
+def test_box_provisioning_is_rendered_without_lab_values(tmp_path: Path) -> None:
+    """lab.build runs the provisioning into the box: the scripts carry no lab's key, so two labs
+    of one scenario and target share the box; users.sh records who gets the key at boot."""
+    from lab.images.build import box_provision_scripts, build_inputs
+
+    a = make_settings(tmp_path, target="bookworm", name="lab-one")
+    b = make_settings(tmp_path, target="bookworm", name="lab-two")
+    scripts = box_provision_scripts(a)
+    users = next(text for name, text in scripts.items() if "users" in name)
+    assert "pubkey=''" in users and "/etc/cgroup-lab/ssh-users" in users
+    assert any("lxc" in name for name in scripts), scripts.keys()
+    assert build_inputs(a) == build_inputs(b)
+    other = make_settings(tmp_path, target="bookworm", scenario="sudo-systemctl-user")
+    assert build_inputs(other)["provision"] != build_inputs(a)["provision"]
+    assert box_provision_scripts(make_settings(tmp_path, target="bookworm", box="owner/name")) == {}

@@ -142,8 +142,9 @@ def test_preflight_reverts_every_fix_first(lab_here, monkeypatch) -> None:
     remote = ScriptedRemote()
     use(monkeypatch, remote)
     engine.run(s, only=("cgm",))
-    assert remote.calls[:5] == ["preflight:teardown", *(f"preflight:{f}:revert" for f in
-                                                         ("pam-systemd", "pam-cgfs", "cgm", "systemd-run"))]
+    assert remote.calls[:2] == ["open shell", "open shell"], "both shells are opened first, side by side"
+    assert remote.calls[2:7] == ["preflight:teardown", *(f"preflight:{f}:revert" for f in
+                                                          ("pam-systemd", "pam-cgfs", "cgm", "systemd-run"))]
     assert "pam-cgfs:start" not in remote.calls
 
 

@@ -34,6 +34,7 @@ class Target:
     name: str
     title: str
     family: str
+    vagrant_guest: str  # Vagrant's guest plugin (config.vm.guest): skips its guest OS autodetection
     release: str
     box_builder: str  # "mmdebstrap" (Debian's mirror + Packer) or "iso" (Packer from the ISO)
     buildable_here: bool

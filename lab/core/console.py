@@ -1,7 +1,9 @@
 """Terminal output: one rich Console, and a progress line for every long step.
 
 Each long step says what it waits for; on a terminal a spinner shows the elapsed time and the
-latest output line, elsewhere (CI, pipes) a heartbeat line is printed every 30 seconds.
+latest output line, elsewhere (CI, pipes) a heartbeat line is printed every 30 seconds. A thread
+that works for one of several labs at once (lab.matrix --jobs) writes into its own log file and
+shows only its steps, labelled, on the terminal (redirected()).
 """
 
 from __future__ import annotations
@@ -10,12 +12,44 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(highlight=False)
+_main = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+_local = threading.local()
+
+
+class _ThreadConsole:
+    """The Console of the current thread: the terminal's, or a lab's log file inside redirected()."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(getattr(_local, "console", None) or _main, name)
+
+
+console = cast(Console, _ThreadConsole())
+
+
+def _label() -> str:
+    return getattr(_local, "label", "")
+
+
+@contextmanager
+def redirected(log: Path, label: str) -> Iterator[None]:
+    """Within: this thread's output goes to log (appended, plain text) and its steps' start, end
+    and heartbeat lines go to the terminal prefixed with [label]; errors go to both."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as fh:
+        _local.console = Console(file=fh, highlight=False, width=120, force_terminal=False, no_color=True)
+        _local.label = label
+        try:
+            yield
+        finally:
+            _local.console = None
+            _local.label = ""
 
 HEARTBEAT_S = 30.0
 
@@ -26,7 +60,11 @@ def info(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """One red error line to stderr, never wrapped."""
+    """One red error line to stderr, never wrapped (also into the thread's log when redirected)."""
+    label = _label()
+    if label:
+        console.print(f"error: {escape(message)}", soft_wrap=True)
+        message = f"[{label}] {message}"
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
@@ -35,6 +73,10 @@ def step(title: str, waiting_for: str, verbose: bool = False) -> Iterator[Callab
     """Show progress for a long step; yields a callback that receives the step's output lines."""
     started = time.monotonic()
     latest = [""]
+    label = _label()
+    if label:
+        yield from _labelled_step(label, title, waiting_for, started)
+        return
     console.print(f"[bold cyan]▶[/] {escape(title)} [dim](waiting for {escape(waiting_for)})[/]")
 
     def on_line(line: str) -> None:
@@ -68,3 +110,25 @@ def step(title: str, waiting_for: str, verbose: bool = False) -> Iterator[Callab
         finally:
             done.set()
     console.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
+
+
+def _labelled_step(label: str, title: str, waiting_for: str, started: float) -> Iterator[Callable[[str], None]]:
+    """step() for a redirected thread: output lines into its log; start, heartbeat and end lines,
+    labelled, on the terminal too."""
+    log = console
+    tag = f"[bold magenta]\\[{escape(label)}][/] "
+    _main.print(f"{tag}[bold cyan]▶[/] {escape(title)} [dim](waiting for {escape(waiting_for)})[/]")
+    log.print(f"▶ {escape(title)} (waiting for {escape(waiting_for)})")
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            _main.print(f"{tag}[dim]… {time.monotonic() - started:.0f}s, still waiting for {escape(waiting_for)}[/]")
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        yield lambda line: log.print(f"  {escape(line)}")
+    finally:
+        done.set()
+    _main.print(f"{tag}[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
+    log.print(f"✓ {escape(title)} ({time.monotonic() - started:.1f}s)")

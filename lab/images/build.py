@@ -28,9 +28,10 @@ from lab.host import accel, proc, tools
 from lab.host.probes import url_answers
 from lab.images.common import free_port, vagrant_insecure_keys
 from lab.images.trusty import build_trusty
+from lab.render.lab import box_facts, box_provisioned, provision_plan, render_script
 from lab.render.templates import environment
 
-RECIPE_VERSION = "2"  # bump when the build steps change in a way the hashed inputs do not show
+RECIPE_VERSION = "3"  # bump when the build steps change in a way the hashed inputs do not show
 DISK_SIZE_MB = 4096
 DEBIAN_BUILD_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.ext4", "qemu-img", "packer", "qemu-system-x86_64")
 
@@ -54,9 +55,20 @@ def box_packages(settings: Settings) -> tuple[str, ...]:
     return tuple(sorted({*target.packages, *settings.scenario_data.packages(target.name)}))
 
 
+def box_provision_scripts(settings: Settings) -> dict[str, str]:
+    """{file name: text} of the provisioning scripts lab.build runs into the box, in order (empty
+    when the lab provisions at up): rendered with box_facts, so nothing in them is per lab."""
+    if not box_provisioned(settings):
+        return {}
+    facts = box_facts(settings)
+    return {script.name.replace("/", "-"): render_script(settings, facts, script)
+            for _, _, scripts in provision_plan(settings) for script in scripts}
+
+
 def build_inputs(settings: Settings) -> dict[str, str]:
-    """Everything that goes into the box (target, package set, mirror, scripts); its hash is the
-    cache key, so two scenarios with the same package set share a box."""
+    """Everything that goes into the box (target, package set, mirror, build and provisioning
+    scripts, the scenario's users); its hash is the cache key, so labs of one scenario and target
+    share a box, and so do scenarios whose packages and provisioning are the same."""
     target = settings.target_data
     if target.box_builder != "mmdebstrap":
         packer_file = PROJECT_DIR / "packer" / f"{target.family}.pkr.hcl"
@@ -72,6 +84,8 @@ def build_inputs(settings: Settings) -> dict[str, str]:
         "cmdline": target.kernel_cmdline,
         "rootfs_hook": _template("packer/debian-rootfs.sh.j2", **ctx),
         "box_script": _template("packer/debian-box.sh.j2", **ctx),
+        "seal_script": _template("packer/debian-seal.sh.j2", **ctx),
+        "provision": "".join(f"# {name}\n{text}" for name, text in box_provision_scripts(settings).items()),
         "packer": (PROJECT_DIR / "packer" / "debian.pkr.hcl").read_text(encoding="utf-8"),
     }
 
@@ -159,7 +173,9 @@ def remove_build_dir(work: Path) -> None:
 def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
     target = settings.target_data
     inputs = build_inputs(settings)
-    write_files(work, {"rootfs-hook.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"]})
+    provision = box_provision_scripts(settings)
+    write_files(work, {"rootfs-hook.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"],
+                       "seal.sh": inputs["seal_script"], **{f"provision/{k}": v for k, v in provision.items()}})
     rootfs = work / "rootfs"
     timeout = settings.build_timeout
     with console.step(f"mmdebstrap {target.release} from {settings.debian_mirror}",
@@ -198,14 +214,16 @@ def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
         "cmdline": f"root=UUID={root_uuid(target)} ro {target.kernel_cmdline}",
         "output_directory": str(work / "packer-out"), "box_output": str(box_out),
         "ssh_private_key_file": str(key_copy), "ssh_port": free_port(), "serial_log": str(work / "serial.log"),
-        "scripts": [str(work / "box.sh")], "accelerator": accel.packer_accelerator(),
+        "scripts": [str(work / "box.sh"), *(str(work / "provision" / k) for k in provision), str(work / "seal.sh")],
+        "accelerator": accel.packer_accelerator(),
         "cpus": settings.cpus, "memory": settings.memory,
     }
     var_file = work / "vars.json"
     var_file.write_text(json.dumps(variables, indent=1))
     env = {**os.environ, "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
-    with console.step(f"packer build ({variables['accelerator']}): boot, install GRUB, package the libvirt box",
-                      "the VM to boot, SSH, provisioning and packaging (~2-3 min on TCG)", verbose) as out:
+    what = f"provision {settings.scenario_data.id}, " if provision else ""
+    with console.step(f"packer build ({variables['accelerator']}): boot, install GRUB, {what}package the libvirt box",
+                      "the VM to boot, SSH, provisioning and packaging (~1-3 min on TCG)", verbose) as out:
         proc.run(["packer", "build", "-color=false", "-var-file", str(var_file),
                   str(PROJECT_DIR / "packer" / "debian.pkr.hcl")],
                  step="packer build", timeout=timeout, waiting_for="packer", env=env, cwd=work, on_line=out)

@@ -4,29 +4,35 @@ objects that carry this lab's owner mark."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lab.config.settings import Settings, from_json
 from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError, ToolMissing
 from lab.core.files import write_files
+from lab.core.paths import cache_dir
 from lab.host import accel, libvirt, proc, tools
 from lab.host.providers import resolve_provider
 from lab.images.build import build, cached_box
 from lab.machine import state
+from lab.machine.phases import PhaseClock
 from lab.machine.state import Phase
 from lab.machine.vagrant import LabVagrant, box_add, box_names
 from lab.remote.keys import ensure_keypair
 from lab.remote.ssh import Endpoint, Jump, Remote
-from lab.render.lab import LabFacts, default_network_octet, provision_plan, render_all
+from lab.render.lab import LabFacts, box_provisioned, default_network_octet, provision_plan, render_all
 from lab.render.plan import plan
 
 FACTS = "facts.json"
+UP_PHASES = "up-phases.json"  # where the last lab.up's time went (lab.bench reads it)
 ENDPOINT = "endpoint.json"
 # What fixes change and a baseline must not carry: PAM and sudo configuration, lingering users, the
 # users' cgroups under /sys/fs/cgroup; one sha256 over all of it, taken at the snapshot.
@@ -62,6 +68,8 @@ def facts_for(settings: Settings, lab: paths.LabDir, provider: str, probe_networ
     driver = accel.libvirt_driver(host.access) if provider == "libvirt" and probe_network else "qemu"
     return LabFacts(provider=provider, libvirt_driver=driver, box_name=box_name, box_url=box_url,
                     public_key=public_key, network_octet=octet, owner=libvirt.owner_mark(lab.root),
+                    box_provisioned=provider == "libvirt" and box_provisioned(settings),
+                    private_key_path=str(lab.private_key.resolve()),
                     libvirt_uri=host.libvirt_uri, ssh_proxy=host.access.proxy_command if host.access else "")
 
 
@@ -184,15 +192,21 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     if st.phase == Phase.UP or (provider == "libvirt" and libvirt.domain_owner(domain) is not None):
         console.info("an earlier lab.up of this lab did not finish: removing what it left, then starting over")
         _remove(settings, lab, provider)
-    render_lab(settings, probe_network=True)
+    clock = PhaseClock()
+    with _network_lock(settings):
+        render_lab(settings, probe_network=True)
+        facts = load_facts(lab)
+        if provider == "libvirt" and libvirt.ensure_network(domain, facts.network_octet):
+            console.info(f"network {domain}: 192.168.{facts.network_octet}.0/24, isolated, spanning tree off")
     state.advance(lab, Phase.RENDERED, "up")
-    facts = load_facts(lab)
+    clock.mark("lab: render and network")
     if (settings.box.endswith(".box") or not settings.box) and facts.box_name not in box_names():
         with console.step(f"vagrant box add {facts.box_name}", "the box to be unpacked", verbose) as out:
             box_add(facts.box_name, Path(facts.box_url), timeout=900, on_line=out)
     state.advance(lab, Phase.UP, "up")
+    clock.mark("vagrant: box add (first time only)")
     try:
-        _boot_and_provision(settings, lab, provider, facts, verbose)
+        _boot_and_provision(settings, lab, provider, facts, verbose, clock)
     except BaseException:
         answers = provider == "libvirt" and libvirt.reachable()
         left = libvirt.domain_state(domain) if answers else "its state unknown: libvirtd does not answer"
@@ -205,32 +219,92 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
         result = remote.run("id -un; uname -r", step="first login")
         if result.failed:
             raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
-    taken = ""
-    if provider == "libvirt":
-        with connect(settings) as remote:
+        kernel = result.stdout.split()[-1]
+        clock.mark("lab: first SSH login as the admin")
+        taken = ""
+        if provider == "libvirt":
+            _settle(remote, settings, verbose)
+            clock.mark("guest: rest of the boot (is-system-running --wait)")
             fingerprint = remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
-        with console.step("snapshot of the provisioned VM (the baseline for lab.reset)",
-                          "libvirt to save disk and memory", verbose):
-            libvirt.snapshot_baseline(domain)
-        taken = state.now()
-        write_files(lab.root, {"baseline.fingerprint": fingerprint + "\n"})
+            clock.mark("lab: baseline fingerprint")
+            # Taken while the admin's SSH session is open: the baseline then has the admin logged in
+            # (the scenario's premise) with a running user manager, so a lab.verify after lab.reset
+            # does not wait for a new one to start.
+            with console.step("snapshot of the provisioned VM (the baseline for lab.reset)",
+                              "libvirt to save disk and memory", verbose):
+                libvirt.snapshot_baseline(domain)
+            clock.mark("libvirt: baseline snapshot")
+            taken = state.now()
+            write_files(lab.root, {"baseline.fingerprint": fingerprint + "\n"})
     state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
-    console.info(f"[green]✓[/] lab {settings.name} is up: {result.stdout.split()[-1]} kernel; "
-                 f"next: invoke lab.verify")
+    clock.save(lab.root / UP_PHASES)
+    console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel; next: invoke lab.verify")
+
+
+def _settle(remote: Remote, settings: Settings, verbose: bool) -> None:
+    """Wait until the guest's boot has finished (systemd's job queue is empty: lingering users'
+    managers and the scenario's services have started) so the baseline snapshot holds a settled
+    system; a degraded boot is reported with its failed units, not hidden."""
+    wait = f"timeout {int(settings.boot_timeout)} systemctl is-system-running --wait"
+    with console.step("the guest's boot to finish (systemctl is-system-running --wait)", "systemd in the guest",
+                      verbose):
+        result = remote.run(f"command -v systemctl >/dev/null || {{ echo no-systemd; exit 0; }}; {wait}",
+                            step="boot finished", timeout=settings.boot_timeout + 30)
+    status = result.stdout.strip().splitlines()[-1:] or ["?"]
+    if status[0] == "degraded":
+        failed = remote.run("systemctl --failed --no-legend --plain | cut -d' ' -f1", step="failed units")
+        console.info(f"[yellow]the guest booted degraded; failed units: {' '.join(failed.stdout.split())}[/]")
+    elif status[0] not in ("running", "no-systemd"):
+        raise TestbedError(f"the guest's boot did not finish: systemctl is-system-running says {status[0]!r}",
+                           hint="look inside with: invoke lab.ssh; raise boot_timeout if it is just slow")
+
+
+@contextmanager
+def _network_lock(settings: Settings) -> Iterator[None]:
+    """Host-wide, while a lab picks its free /24 and defines its network, so labs brought up at
+    once (lab.matrix --jobs, two checkouts) never pick the same one. Waits at most ssh_timeout."""
+    path = cache_dir() / "network.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        deadline = time.monotonic() + settings.ssh_timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"another lab.up held {path} for {settings.ssh_timeout:.0f}s",
+                                   hint="is a lab.up hung? see: ps; raise ssh_timeout") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _boot_and_provision(settings: Settings, lab: paths.LabDir, provider: str, facts: LabFacts,
-                        verbose: bool) -> None:
-    stages = provision_plan(settings)
+                        verbose: bool, clock: PhaseClock) -> None:
     up_timeout = settings.boot_timeout + 1800
+    if facts.box_provisioned:
+        title = f"vagrant up {domain_name(settings)} ({provider}, {facts.libvirt_driver}), box already provisioned"
+        waiting = "the boot (~30 s on TCG) and sshd"
+        if facts.box_name not in libvirt.box_volumes():
+            waiting = "the box upload into libvirt's pool (first time only, ~1 min), " + waiting
+        with console.step(title, waiting, verbose) as out:
+            _vagrant(lab, up_timeout, waiting, clock.wrap(out)).up(provider=provider, no_provision=True)
+        clock.mark("vagrant: exit")
+        return
+    stages = provision_plan(settings)
     for i, (stage, reboot, scripts) in enumerate(stages):
         names = [s.id for s in scripts]
         if i == 0:
             title = f"vagrant up {domain_name(settings)} ({provider}, {facts.libvirt_driver}), provision {stage}"
-            waiting = ("the box upload into libvirt's pool (first time only, ~2 min), the boot (~1 min on TCG), "
-                       "SSH and provisioning")
+            waiting = "the boot (~1 min on TCG), SSH and provisioning"
+            if provider == "libvirt" and facts.box_name not in libvirt.box_volumes():
+                waiting = "the box upload into libvirt's pool (first time only, ~1 min), " + waiting
             with console.step(title, waiting, verbose) as out:
-                _vagrant(lab, up_timeout, waiting, out).up(provider=provider, provision_with=names)
+                _vagrant(lab, up_timeout, waiting, clock.wrap(out)).up(provider=provider, provision_with=names)
+            clock.mark("vagrant: provisioning and exit")
         else:
             waiting = "the reboot into the new kernel, SSH and provisioning"
             with console.step(f"vagrant reload, provision {stage}", waiting, verbose) as out:
@@ -265,7 +339,7 @@ def reset(settings: Settings) -> float:
         _claim(settings, lab, "libvirt")
         started = time.monotonic()
         with console.step(f"revert {domain_name(settings)} to its baseline snapshot",
-                          "libvirt to load disk and memory"):
+                          "QEMU to load disk and memory"):
             libvirt.revert_baseline(domain_name(settings))
         with console.step("SSH as the admin after the revert; the baseline's fingerprint", "sshd in the guest"), \
                 connect(settings) as remote:
@@ -289,8 +363,8 @@ def _prove_baseline(lab: paths.LabDir, now: str) -> None:
 
 
 def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
-    """The guest's SSH address: asked from Vagrant once per up (`vagrant ssh-config` costs ~2 s of
-    Ruby start-up), then read from .lab/<name>/endpoint.json."""
+    """The guest's SSH address: asked once per up from libvirt's DHCP lease (or `vagrant ssh-config`,
+    ~2 s of Ruby start-up, for VirtualBox), then read from .lab/<name>/endpoint.json."""
     lab = paths.lab_dir(settings.name)
     admin = settings.scenario_data.model.users.admin
     saved = lab.root / ENDPOINT
@@ -303,8 +377,11 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
             pass
     if not lab.vagrantfile.exists():
         raise LabError(f"lab {settings.name} has no Vagrantfile", hint="run: invoke lab.up")
-    conf = LabVagrant(lab.root, timeout=120).conf(vm_name=domain_name(settings))
-    host, port = conf.get("HostName"), conf.get("Port", "22")
+    host = libvirt.guest_address(domain_name(settings)) if resolve_provider(settings) == "libvirt" else None
+    port = "22"
+    if not host:
+        conf = LabVagrant(lab.root, timeout=120).conf(vm_name=domain_name(settings))
+        host, port = conf.get("HostName"), conf.get("Port", "22")
     if not host:
         raise TestbedError(f"Vagrant knows no address for {domain_name(settings)}",
                            hint="is it running? invoke lab.status")

@@ -12,7 +12,7 @@ from pathlib import Path
 from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.core.errors import LabError
-from lab.render.lab import facts_for_render, render_all
+from lab.render.lab import box_provisioned, facts_for_render, render_all
 from lab.render.plan import plan
 
 SHELLCHECK_TIMEOUT = 120  # seconds for one shellcheck run over every script of a target
@@ -33,7 +33,7 @@ def check(ref: str, targets: tuple[str, ...] = (), shellcheck: bool = True) -> t
                          f"{', '.join(scenario.target_names)}")
             continue
         settings = Settings(target=target, scenario=str(folder), name=f"check-{target}"[:48])
-        facts = facts_for_render(settings.name)
+        facts = facts_for_render(settings.name, box_provisioned(settings))
         try:
             files = render_all(settings, facts)
             rendered = plan(settings, facts)

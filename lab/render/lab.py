@@ -24,6 +24,10 @@ class LabFacts:
     public_key: str
     network_octet: int
     owner: str = ""  # the owner mark written into the domain's description (host.libvirt.owner_mark)
+    # True when lab.build ran the provisioning into the box (our own Debian boxes): lab.up then only
+    # boots it and hands the lab's key and hostname over QEMU's firmware config (fw_cfg).
+    box_provisioned: bool = False
+    private_key_path: str = ""  # the lab's private key, for Vagrant's own SSH when box_provisioned
     libvirt_uri: str = "qemu:///system"  # the URI vagrant-libvirt connects to (host.libvirt.Host.libvirt_uri)
     ssh_proxy: str = ""  # on a remote libvirt host: Vagrant's ProxyCommand to the guest through it
 
@@ -37,11 +41,33 @@ def default_network_octet(name: str) -> int:
     return 100 + zlib.crc32(name.encode()) % 120
 
 
-def facts_for_render(name: str) -> LabFacts:
+def facts_for_render(name: str, provisioned_box: bool = False) -> LabFacts:
     """Stand-in facts for rendering without a lab or the host (lab.check, --list-fixes)."""
     return LabFacts(provider="libvirt", libvirt_driver="qemu", box_name="cgroup-lab/check", box_url="",
                     public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICheck cgroup-lab-check",
-                    network_octet=default_network_octet(name), owner="cgroup-lab check")
+                    network_octet=default_network_octet(name), owner="cgroup-lab check",
+                    box_provisioned=provisioned_box, private_key_path="/nonexistent/cgroup-lab-check-key")
+
+
+def box_provisioned(settings: Settings) -> bool:
+    """Whether the lab's box carries its provisioning: boxes lab.build makes with mmdebstrap do;
+    a box the user names (`box` setting) and the trusty ISO box are provisioned by Vagrant at up."""
+    return not settings.box and settings.target_data.box_builder == "mmdebstrap"
+
+
+def box_facts(settings: Settings) -> LabFacts:
+    """The facts the provisioning scripts are rendered with when lab.build runs them into the box:
+    nothing that differs between labs (no key, network or owner), so labs of one scenario and
+    target share the box."""
+    return LabFacts(provider="libvirt", libvirt_driver="qemu", box_name="", box_url="", public_key="",
+                    network_octet=0, owner="", box_provisioned=True)
+
+
+def fw_cfg_entry(name: str, value: str) -> str:
+    """A QEMU -fw_cfg argument that hands value to the guest at /sys/firmware/qemu_fw_cfg/by_name/
+    opt/cgroup-lab/<name>/raw (docs/specs/fw_cfg.rst in QEMU: names under opt/ are for users; a
+    comma in an option value is written twice)."""
+    return f"name=opt/cgroup-lab/{name},string={value.replace(',', ',,')}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,7 @@ def context(settings: Settings, facts: LabFacts) -> dict[str, Any]:
     stages = [{"stage": stage, "reboot": reboot, "scripts": [{"name": s.name, "id": s.id} for s in scripts]}
               for stage, reboot, scripts in provision_plan(settings)]
     return {"s": settings, "t": target, "target": target, "lab": facts, "name": settings.name, "stages": stages,
+            "fw_cfg": fw_cfg_entry,
             "scenario": scenario.model, "admin": scenario.model.users.admin, "users": scenario.model.users,
             "vars": scenario.vars_for(target.name), "packages": scenario.packages(target.name)}
 

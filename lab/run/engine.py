@@ -9,6 +9,7 @@ fails the run. Resources sit on an ExitStack and are released in reverse order o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -52,6 +53,28 @@ class Runner:
     def close(self) -> None:
         for shell in self.shells.values():
             shell.close()
+
+    def warm(self) -> None:
+        """Open the admin's and root's shells at once: each is a login session in the guest (PAM,
+        logind, and the admin's user manager when none runs: ~1-4 s on TCG, measured), so opening
+        them side by side costs the longer of the two, not their sum. Raises what opening raised."""
+        failures: list[BaseException] = []
+
+        def open_one(as_root: bool) -> None:
+            try:
+                self.shell(as_root).run(":", step="open shell", timeout=self.settings.ssh_timeout)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failures.append(exc)
+
+        self.shell(False)
+        self.shell(True)
+        threads = [threading.Thread(target=open_one, args=(as_root,), daemon=True) for as_root in (False, True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            raise failures[0]
 
     def alive(self) -> None:
         """TestbedError when the lab's VM is no longer running (asked during long silences)."""
@@ -170,6 +193,7 @@ def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode
             runner = Runner(settings, p, remote, live, keep_failing=keep_failing)
             stack.callback(runner.close)
             try:
+                runner.warm()
                 _preflight(runner)
                 _verify(runner, rec, tries, with_baseline=not start_from)
             except Stop as stop:

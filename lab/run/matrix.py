@@ -1,11 +1,13 @@
 """lab.matrix: one scenario over several targets. For each target: bring its lab up (or use it when
 it is up), verify, destroy it unless kept; a target that cannot be built here is "not run" with its
-reason. Then one combined record (matrix.json) in its own directory, rendered by lab.report.matrix."""
+reason. With jobs > 1, that many labs run side by side, each writing its output into its own log.
+Then one combined record (matrix.json) in its own directory, rendered by lab.report.matrix."""
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,13 +44,22 @@ def _cell(settings: Settings, rec: dict) -> dict:
                       for t in tries if t}}
 
 
+MAX_JOBS = 8
+
+
 def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publish_run: engine.Publish | None = None,
-        publish: engine.Publish | None = None) -> bool:
+        publish: engine.Publish | None = None, jobs: int = 1) -> bool:
     """Verify settings' scenario on each target; True when every cell that ran met its expectation.
 
     A lab that was already up is used and left up; the labs the matrix brought up are destroyed
-    unless keep. Each verify writes its own run's reports (publish_run); the combined record goes
-    to .lab/matrix/<scenario>/<run>/matrix.json, then publish(dir) renders the other formats."""
+    unless keep. jobs (1-8) labs run at once; with more than one, each cell's output goes to
+    logs/<target>.log in the run's directory and the terminal shows their steps, labelled. Each
+    verify writes its own run's reports (publish_run); the combined record goes to
+    .lab/matrix/<scenario>/<run>/matrix.json, then publish(dir) renders the other formats.
+    Raises LabError for an unknown target or a jobs value out of range, before anything starts."""
+    if not 1 <= jobs <= MAX_JOBS:
+        raise LabError(f"--jobs must be between 1 and {MAX_JOBS}, not {jobs}",
+                       hint="each job is one VM; two fit a 2-core host")
     scenario = settings.scenario_data
     for t in targets:
         get_target(t)
@@ -60,23 +71,42 @@ def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publis
                  "scenario": {"id": scenario.id, "title": scenario.model.title,
                               "notes": {t: scenario.model.targets[t].note for t in targets}},
                  "outcomes": {k: v.model_dump() for k, v in scenario.model.outcomes.items()},
-                 "targets": [], "ok": False}
+                 "targets": [], "ok": False, "jobs": jobs}
+    root = matrix_root(scenario.id)
+    where = record.run_dir(root, rec["run"])
+    rec["run"] = where.name
     started = time.monotonic()
+    labs = [replace(settings, target=t, name=f"{scenario.id}-{t}"[:48].rstrip("-"), fixes=()) for t in targets]
     try:
-        for n, target in enumerate(targets, start=1):
-            s = replace(settings, target=target, name=f"{scenario.id}-{target}"[:48].rstrip("-"), fixes=())
-            done = ", ".join(f"{c['target']} {c['seconds']['total']:.0f}s" for c in rec["targets"]) or "none yet"
-            console.info(f"[bold]matrix {n}/{len(targets)}: {target}[/] [dim](done: {done})[/]")
-            rec["targets"].append(_one(s, target, keep, publish_run))
+        if jobs == 1:
+            for n, (s, target) in enumerate(zip(labs, targets, strict=True), start=1):
+                done = ", ".join(f"{c['target']} {c['seconds']['total']:.0f}s" for c in rec["targets"]) or "none yet"
+                console.info(f"[bold]matrix {n}/{len(targets)}: {target}[/] [dim](done: {done})[/]")
+                rec["targets"].append(_one(s, target, keep, publish_run))
+        else:
+            console.info(f"[bold]matrix: {len(targets)} targets, {jobs} at a time[/] [dim](each lab's output: "
+                         f"{where / 'logs'})[/]")
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix") as pool:
+                cells = [pool.submit(_logged, s, target, keep, publish_run, where / "logs" / f"{target}.log")
+                         for s, target in zip(labs, targets, strict=True)]
+                rec["targets"] = [cell.result() for cell in cells]
     finally:
         rec["seconds"] = round(time.monotonic() - started, 1)
         ran = [c for c in rec["targets"] if c["status"] != "not run"]
         rec["ok"] = bool(ran) and all(c["ok"] and c["status"] == "ran" for c in ran) and \
             len(rec["targets"]) == len(targets)
-        where = _write(matrix_root(scenario.id), rec)
+        _write(root, where, rec)
         for path in publish(where) if publish else ():
             console.info(f"[dim]report: {path}[/]")
     return bool(rec["ok"])
+
+
+def _logged(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None, log: Path) -> dict:
+    """_one in a worker thread, its output in log; the cell records where the log is."""
+    with console.redirected(log, target):
+        cell = _one(s, target, keep, publish_run)
+    cell["log"] = str(log)
+    return cell
 
 
 def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
@@ -123,9 +153,6 @@ def _newest_run(lab: paths.LabDir) -> Path:
     return max(runs, key=lambda p: (p / record.RECORD).stat().st_mtime)
 
 
-def _write(root: Path, rec: dict) -> Path:
-    where = record.run_dir(root, rec["run"])
-    rec["run"] = where.name
+def _write(root: Path, where: Path, rec: dict) -> None:
     write_files(where, {"matrix.json": json.dumps(rec, indent=2) + "\n"})
     record.point_latest(root, where.name)
-    return where
