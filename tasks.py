@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -241,22 +241,46 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
         console.info(f"[green]✓[/] {path}")
 
 
-@task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
+class KeepsHelpFlag(Task):
+    """A task none of whose flags takes the short form -h, which stays invoke's per-task help."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        return super().arg_opts(name, default, taken_names | {"h"})
+
+
+@task(klass=KeepsHelpFlag,
+      help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
             "keep": "keep the labs the matrix brought up",
-            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host)", "config": FLAG_HELP["config"],
-            "libvirt_uri": FLAG_HELP["libvirt_uri"]})
+            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host; with --hosts: one per host)",
+            "config": FLAG_HELP["config"], "libvirt_uri": FLAG_HELP["libvirt_uri"],
+            "hosts": "comma-separated libvirt URIs to spread the labs over (each host runs as many at once as it "
+                     "has room for)"})
 @guarded
-def matrix(c, scenario=None, targets=None, keep=False, jobs=1, config=None, libvirt_uri=None):
+def matrix(c, scenario=None, targets=None, keep=False, jobs=None, config=None, libvirt_uri=None, hosts=None):
     """Run one scenario over several targets: up, verify, destroy each; one combined report."""
     from lab.report import write_reports
     from lab.report.matrix import write_matrix_reports
     from lab.run import matrix as m
+    from lab.run.hosts import parse as parse_hosts
 
     base = _settings(scenario=scenario, config=config, libvirt_uri=libvirt_uri,
                      target=(targets.split(",")[0].strip() if targets else None))
     wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
-    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=int(jobs)):
+    spread = parse_hosts(hosts) if hosts is not None else ()
+    at_once = _jobs(jobs) if jobs is not None else min(len(spread), m.MAX_JOBS) if spread else 1
+    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=at_once,
+                 hosts=spread):
         raise Exit(code=1)
+
+
+def _jobs(text: str) -> int:
+    """--jobs as a number; anything else is a usage error (exit 2)."""
+    from lab.core.errors import SettingError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingError("jobs", text, "a whole number from 1 to 8", "--jobs") from None
 
 
 @task

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from labtest import make_facts, make_settings
+from labtest import copy_scenario, make_facts, make_settings
 from test_remote_sshd import Sshd, free_port, needs_sshd
 
 from lab.core import errors
@@ -246,6 +246,26 @@ def test_vagrant_validates_the_remote_vagrantfile(loopback_host: LoopbackHost, t
     assert f"lv.uri = '{host.libvirt_uri}'" in ssh_config
 
 
+@pytest.mark.integration
+def test_matrix_hosts_leave_out_a_host_that_does_not_answer(loopback_host: LoopbackHost, tmp_path: Path) -> None:
+    """--hosts with the loopback host and a closed port: the closed one is left out (said and
+    recorded), the matrix goes on; trusty needs no host (not run). Only closed ports: exit 3, one line."""
+    closed = loopback_host.uri(port=free_port())
+    result, seconds = invoke(tmp_path, "lab.matrix", "--scenario", "sudo-lxc-cgroups", "--targets", "trusty",
+                             "--hosts", f"{loopback_host.uri()},{closed}")
+    assert result.returncode == 1 and seconds < 60  # nothing ran: trusty cannot be built here
+    rec = json.loads((tmp_path / ".lab" / "matrix" / "sudo-lxc-cgroups" / "latest" / "matrix.json").read_text())
+    by_uri = {h["uri"]: h for h in rec["hosts"]}
+    assert by_uri[loopback_host.uri()]["down"] == "" and by_uri[loopback_host.uri()]["room"] >= 1
+    assert "Connection refused" in by_uri[closed]["down"]
+    assert rec["targets"][0]["status"] == "not run"
+    result, seconds = invoke(tmp_path, "lab.matrix", "--scenario", "sudo-lxc-cgroups", "--targets", "bookworm",
+                             "--hosts", closed)
+    assert result.returncode == 3 and seconds < QUICK
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "no libvirt host of --hosts answers" in lines[0] and "Connection refused" in lines[0]
+
+
 def second_host(loopback_host: LoopbackHost, where: Path) -> LoopbackHost:
     """Another sshd in front of this machine's libvirtd, same client key, its own host key pinned."""
     where.mkdir()
@@ -347,8 +367,35 @@ def test_up_verify_destroy_through_qemu_ssh(loopback_host: LoopbackHost, tmp_pat
         assert uri in status.stdout and "running" in status.stdout
         ssh, _ = invoke(tmp_path, "lab.ssh", "--name", name, "--command", "echo $SSH_CONNECTION")  # ProxyCommand
         assert ssh.returncode == 0 and ssh.stdout.split()[2].startswith("192.168.")
+        reset, _ = invoke(tmp_path, "lab.reset", "--name", name, timeout=900)
+        assert reset.returncode == 0
     finally:
         destroy, destroy_s = invoke(tmp_path, "lab.destroy", "--name", name, timeout=900)
     assert destroy.returncode == 0
     assert leftovers(name) == []
     print(f"through {uri}: up {up_s:.0f}s, verify {verify_s:.0f}s, destroy {destroy_s:.0f}s")
+
+
+@pytest.mark.vm
+def test_matrix_over_two_hosts(loopback_host: LoopbackHost, tmp_path: Path) -> None:
+    """lab.matrix --hosts with this machine's libvirt and the loopback qemu+ssh host, two targets,
+    one lab at a time (both hosts are this 2-core machine): each target runs on its own host, the
+    reports say which, and nothing of either lab is left. A copy of the seed named rmt-seed keeps
+    the labs' names apart from everyone else's (it shares the seed's boxes)."""
+    scenario = copy_scenario(tmp_path, {'id = "sudo-lxc-cgroups"': 'id = "rmt-seed"'}, name="rmt-seed")
+    hosts = f"qemu:///system,{loopback_host.uri()}"
+    result, seconds = invoke(tmp_path, "lab.matrix", "--scenario", str(scenario), "--targets",
+                             "bookworm-unified,bookworm", "--hosts", hosts, "--jobs", "1", timeout=3600)
+    assert result.returncode == 0
+    rec = json.loads((tmp_path / ".lab" / "matrix" / "rmt-seed" / "latest" / "matrix.json").read_text())
+    ran_on = {c["target"]: c["host"] for c in rec["targets"]}
+    assert ran_on == {"bookworm-unified": "local", "bookworm": "root@127.0.0.1:" + str(loopback_host.sshd.port)}
+    assert all(c["status"] == "ran" and c["ok"] for c in rec["targets"])
+    assert [h["ran"] for h in rec["hosts"]] == [["bookworm-unified"], ["bookworm"]]
+    md = (tmp_path / ".lab" / "matrix" / "rmt-seed" / "latest" / "matrix.md").read_text()
+    assert f"| root@127.0.0.1:{loopback_host.sshd.port} |" in md and "| local |" in md
+    for target in ("bookworm-unified", "bookworm"):
+        assert leftovers(f"rmt-seed-{target}") == []
+    print(f"matrix over two hosts: {seconds:.0f}s; " + ", ".join(
+        f"{c['target']} on {c['host']}: up {c['seconds']['up']:.0f}s verify {c['seconds']['verify']:.0f}s "
+        f"destroy {c['seconds']['destroy']:.0f}s" for c in rec["targets"]))
