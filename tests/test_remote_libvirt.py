@@ -367,8 +367,8 @@ def test_up_verify_destroy_through_qemu_ssh(loopback_host: LoopbackHost, tmp_pat
         assert uri in status.stdout and "running" in status.stdout
         ssh, _ = invoke(tmp_path, "lab.ssh", "--name", name, "--command", "echo $SSH_CONNECTION")  # ProxyCommand
         assert ssh.returncode == 0 and ssh.stdout.split()[2].startswith("192.168.")
-        # no lab.reset here: on cgroup v2 targets it fails the same way through qemu:///system (the
-        # baseline fingerprint counts the transient user@1000.service of Vagrant's own login)
+        reset, _ = invoke(tmp_path, "lab.reset", "--name", name, timeout=900)
+        assert reset.returncode == 0
     finally:
         destroy, destroy_s = invoke(tmp_path, "lab.destroy", "--name", name, timeout=900)
     assert destroy.returncode == 0
