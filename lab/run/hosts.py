@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextvars
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from lab.config import settings as settings_mod
 from lab.config.libvirt_uri import parse as parse_uri
@@ -23,6 +24,7 @@ from lab.core import console
 from lab.core.errors import LabError, SettingError, TestbedError
 from lab.host import libvirt
 
+T = TypeVar("T")
 MEMORY_MARGIN_MIB = 256
 WAIT_S = 5.0  # how often a lab waiting for a free host looks again (wakes at once when one is freed)
 
@@ -50,6 +52,7 @@ class Host:
     down: str = ""  # why it takes no more labs
 
     def summary(self) -> dict:
+        """What matrix.json records of the host: URI, label, room, the targets it ran, why it is out."""
         return {"uri": self.uri, "host": self.label, "room": self.room, "ran": list(self.ran), "down": self.down}
 
 
@@ -57,9 +60,9 @@ def _label(uri: str) -> str:
     return parse_uri(uri).host_label
 
 
-def _in_context(settings: Settings, uri: str, fn):  # type: ignore[no-untyped-def]
-    """fn() with this context's libvirt calls going to uri (the caller's context is left alone)."""
-    def call():  # type: ignore[no-untyped-def]
+def _in_context(settings: Settings, uri: str, fn: Callable[[], T]) -> T:
+    """fn() with its libvirt calls going to uri (in a copy of the context: the caller's is left alone)."""
+    def call() -> T:
         libvirt.use(replace(settings, libvirt_uri=uri))
         return fn()
     return contextvars.copy_context().run(call)
@@ -148,4 +151,5 @@ class HostPool:
         return max(1, sum(h.room for h in self.hosts if not h.down))
 
     def summary(self) -> list[dict]:
+        """Every host's summary, in the order given."""
         return [h.summary() for h in self.hosts]
