@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,6 +24,8 @@ FLAG_HELP = {
     "provider": "virtualbox, libvirt or auto (lab.toml: provider)",
     "name": "lab name, default <scenario>-<target>; state lives in .lab/NAME/",
     "config": "settings file to read instead of ./lab.toml",
+    "libvirt_uri": "libvirt host: qemu:///system (default) or qemu+ssh://[user@]host[:port]/system[?keyfile=PATH"
+                   "&known_hosts=PATH] (lab.toml: libvirt_uri)",
     "verbose": "print every line the tools print",
 }
 
@@ -33,7 +35,7 @@ def flags(*keys: str, **extra: str) -> dict[str, str]:
     return {**{k: FLAG_HELP[k] for k in keys}, **extra}
 
 
-LAB_FLAGS = ("target", "scenario", "provider", "name", "config")
+LAB_FLAGS = ("target", "scenario", "provider", "name", "config", "libvirt_uri")
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -68,11 +70,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _settings(target: str | None = None, scenario: str | None = None, provider: str | None = None,
-              name: str | None = None, config: str | None = None) -> Any:
+              name: str | None = None, config: str | None = None, libvirt_uri: str | None = None) -> Any:
     from lab.config import settings
 
     return settings.load(config=Path(config) if config else None,
-                         flags={"target": target, "scenario": scenario, "provider": provider, "name": name})
+                         flags={"target": target, "scenario": scenario, "provider": provider, "name": name,
+                                "libvirt_uri": libvirt_uri})
 
 
 def _existing(target: str | None, name: str | None, scenario: str | None = None) -> Any:
@@ -91,42 +94,44 @@ def _existing(target: str | None, name: str | None, scenario: str | None = None)
 
 @task(help=flags(*LAB_FLAGS, out="directory to write into (default .lab/NAME/)"))
 @guarded
-def render(c, target=None, scenario=None, provider=None, name=None, config=None, out=None):
+def render(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, out=None):
     """Write the Vagrantfile and every script of a lab, without starting anything."""
     from lab.machine import lifecycle
 
-    s = _settings(target, scenario, provider, name, config)
+    s = _settings(target, scenario, provider, name, config, libvirt_uri)
     where = lifecycle.render_lab(s, Path(out) if out else None)
     console.info(f"[green]✓[/] rendered lab {s.name} (scenario {s.scenario_data.id}, target {s.target}) into {where}")
 
 
 @task(help=flags(*LAB_FLAGS))
 @guarded
-def doctor(c, target=None, scenario=None, provider=None, name=None, config=None):
+def doctor(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None):
     """Check the host tools the chosen target needs, with an install hint for each missing one."""
     from lab.machine import doctor as doc
 
-    if not doc.report(_settings(target, scenario, provider, name, config)):
+    if not doc.report(_settings(target, scenario, provider, name, config, libvirt_uri)):
         raise Exit(code=1)
 
 
 @task(help=flags(*LAB_FLAGS, "verbose", force="rebuild even when the cache has the box"))
 @guarded
-def build(c, target=None, scenario=None, provider=None, name=None, config=None, force=False, verbose=False):
+def build(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, force=False,
+          verbose=False):
     """Build the box for the target and the scenario's packages (mmdebstrap + Packer, or the ISO)."""
     from lab.images.build import build as build_box
 
-    build_box(_settings(target, scenario, provider, name, config), force=force, verbose=verbose)
+    build_box(_settings(target, scenario, provider, name, config, libvirt_uri), force=force, verbose=verbose)
 
 
 @task(help=flags(*LAB_FLAGS, "verbose", rebuild="rebuild the box even when it is cached"))
 @guarded
-def up(c, target=None, scenario=None, provider=None, name=None, config=None, verbose=False, rebuild=False):
+def up(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, verbose=False,
+       rebuild=False):
     """Check the scenario, build the box if needed, bring the VM up, provision, take the baseline."""
     from lab.machine import lifecycle
     from lab.render.check import check
 
-    s = _settings(target, scenario, provider, name, config)
+    s = _settings(target, scenario, provider, name, config, libvirt_uri)
     _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None)
     if problems:
         for line in problems:
@@ -211,11 +216,14 @@ def reset(c, target=None, scenario=None, name=None):
 
 @task(help=flags(*LAB_FLAGS, fresh="first rebuild the box from nothing and time build + up + verify (~4 min)"))
 @guarded
-def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None):
+def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None, libvirt_uri=None):
     """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
+    from lab.host import libvirt
     from lab.run import bench as b
 
-    b.run(_settings(target, scenario, provider, name, config), fresh=fresh)
+    s = _settings(target, scenario, provider, name, config, libvirt_uri)
+    libvirt.use(s)
+    b.run(s, fresh=fresh)
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
@@ -233,21 +241,46 @@ def report(c, target=None, scenario=None, name=None, format=None, run=None):
         console.info(f"[green]✓[/] {path}")
 
 
-@task(help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
+class KeepsHelpFlag(Task):
+    """A task none of whose flags takes the short form -h, which stays invoke's per-task help."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        return super().arg_opts(name, default, taken_names | {"h"})
+
+
+@task(klass=KeepsHelpFlag,
+      help={"scenario": FLAG_HELP["scenario"], "targets": "comma-separated targets (default: all of the scenario's)",
             "keep": "keep the labs the matrix brought up",
-            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host)", "config": FLAG_HELP["config"]})
+            "jobs": "labs to run at once (1-8; each is a VM: 2 fit a 2-core host; with --hosts: one per host)",
+            "config": FLAG_HELP["config"], "libvirt_uri": FLAG_HELP["libvirt_uri"],
+            "hosts": "comma-separated libvirt URIs to spread the labs over (each host runs as many at once as it "
+                     "has room for)"})
 @guarded
-def matrix(c, scenario=None, targets=None, keep=False, jobs=1, config=None):
+def matrix(c, scenario=None, targets=None, keep=False, jobs=None, config=None, libvirt_uri=None, hosts=None):
     """Run one scenario over several targets: up, verify, destroy each; one combined report."""
     from lab.report import write_reports
     from lab.report.matrix import write_matrix_reports
     from lab.run import matrix as m
+    from lab.run.hosts import parse as parse_hosts
 
-    base = _settings(scenario=scenario, config=config,
+    base = _settings(scenario=scenario, config=config, libvirt_uri=libvirt_uri,
                      target=(targets.split(",")[0].strip() if targets else None))
     wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else base.scenario_data.target_names
-    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=int(jobs)):
+    spread = parse_hosts(hosts) if hosts is not None else ()
+    at_once = _jobs(jobs) if jobs is not None else min(len(spread), m.MAX_JOBS) if spread else 1
+    if not m.run(base, wanted, keep=keep, publish_run=write_reports, publish=write_matrix_reports, jobs=at_once,
+                 hosts=spread):
         raise Exit(code=1)
+
+
+def _jobs(text: str) -> int:
+    """--jobs as a number; anything else is a usage error (exit 2)."""
+    from lab.core.errors import SettingError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingError("jobs", text, "a whole number from 1 to 8", "--jobs") from None
 
 
 @task

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lab.config import libvirt_uri as uris
 from lab.config import scenario as scenarios
 from lab.config.targets import Target, all_targets, get_target
 from lab.core.errors import LabError, SettingError, did_you_mean
@@ -48,6 +49,13 @@ class Settings:
     ssh_timeout: int = 300
     command_timeout: int = 300
     build_timeout: int = 3600
+    libvirt_uri: str = uris.LOCAL_URI
+    libvirt_timeout: int = 60
+
+    @property
+    def libvirt(self) -> uris.LibvirtUri:
+        """The libvirt URI, parsed (it was checked when the settings were loaded)."""
+        return uris.parse(self.libvirt_uri)
 
     @property
     def target_data(self) -> Target:
@@ -116,6 +124,19 @@ def _url(key: str, value: object, source: str) -> str:
     return value.rstrip("/")
 
 
+def _libvirt_uri(key: str, value: object, source: str) -> str:
+    if not isinstance(value, str):
+        raise SettingError(key, value, uris.ALLOWED, source)
+    try:
+        uri = uris.parse(value)
+    except uris.BadUri as exc:
+        raise SettingError(key, value, f"{uris.ALLOWED} (here: {exc})", source) from None
+    for param, path in (("keyfile", uri.keyfile), ("known_hosts", uri.known_hosts)):
+        if path and not Path(path).is_file():
+            raise SettingError(key, value, f"{uris.ALLOWED} (here: {param} {path} does not exist)", source)
+    return value
+
+
 def _fixes(key: str, value: object, source: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -175,6 +196,8 @@ CHECKS: dict[str, Callable[[str, object, str], object]] = {
     "ssh_timeout": _int_in(5, 3600),
     "command_timeout": _int_in(5, 3600),
     "build_timeout": _int_in(60, 14400),
+    "libvirt_uri": _libvirt_uri,
+    "libvirt_timeout": _int_in(5, 600),
 }
 
 
@@ -235,7 +258,7 @@ def load(
             plain = key.removeprefix(ENV_PREFIX).lower() if source == "environment" else key
             if plain not in KEYS:
                 raise LabError(f"unknown setting {plain!r}{did_you_mean(plain, KEYS)}")
-            label = key if source == "environment" else (f"--{key}" if source == "flags" else source)
+            label = key if source == "environment" else (f"--{key.replace('_', '-')}" if source == "flags" else source)
             merged[plain] = (value, label)
     values = {}
     for key, (value, source) in merged.items():

@@ -1,5 +1,11 @@
 """The libvirt side of a lab: daemons on hosts without systemd, the storage pool, the lab's own
-network address, and cleaning up exactly the domain, volume and network named after the lab."""
+network address, and cleaning up exactly the domain, volume and network named after the lab.
+
+Every call goes to the libvirt host of the current lab (`use(settings)`; default qemu:///system):
+this machine's daemons, or a remote host through a qemu+ssh:// URI (lab.host.sshhost). The host is
+kept in a context variable, so that labs on different hosts can run in different threads. On a
+remote host a lost connection is a TestbedError naming the URI, never mistaken for "no such domain".
+"""
 
 from __future__ import annotations
 
@@ -7,38 +13,118 @@ import grp
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
+from lab.config.libvirt_uri import LOCAL_URI
+from lab.config.settings import Settings
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, ToolMissing
-from lab.host import tools
+from lab.host import sshhost, tools
 
-URI = "qemu:///system"
+URI = LOCAL_URI
 POOL = "default"
 POOL_PATH = "/var/lib/libvirt/images"
+# virsh's words when the connection itself failed (not the command)
+CONNECTION_LOST = ("failed to connect to the hypervisor", "End of file while reading data", "Cannot recv data",
+                   "Cannot write data", "no valid connection", "client socket is closed")
 
 
-def virsh(*args: str, timeout: float = 60, check: bool = False,
+@dataclass(frozen=True)
+class Host:
+    """The libvirt host of a lab: its URI as written, the URI virsh gets, SSH access when remote."""
+
+    uri: str = URI
+    libvirt_uri: str = URI
+    access: sshhost.HostAccess | None = None
+    timeout: float = 60
+
+    @property
+    def remote(self) -> bool:
+        return self.access is not None
+
+
+LOCAL = Host()
+_HOST: ContextVar[Host] = ContextVar("cgroup_lab_libvirt_host", default=LOCAL)
+
+
+def host_for(settings: Settings) -> Host:
+    """The Host of the settings' libvirt_uri (for a remote one, its ssh wrapper is written)."""
+    uri = settings.libvirt
+    if not uri.remote:
+        return Host(timeout=settings.libvirt_timeout)
+    access = sshhost.access(uri, settings.libvirt_timeout)
+    return Host(uri=uri.text, libvirt_uri=access.libvirt_uri, access=access, timeout=settings.libvirt_timeout)
+
+
+def use(settings: Settings) -> Host:
+    """Send this context's libvirt calls to the settings' libvirt host; returns it."""
+    host = host_for(settings)
+    _HOST.set(host)
+    return host
+
+
+def current() -> Host:
+    """The libvirt host this context's calls go to (qemu:///system unless use() said otherwise)."""
+    return _HOST.get()
+
+
+def virsh(*args: str, timeout: float | None = None, check: bool = False, probe: bool = False,
           input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run virsh against the lab's libvirt; TestbedError when it hangs past timeout (seconds) or,
-    with check, fails."""
+    """virsh -c <the current host's URI> ARGS (input_text on its stdin), bounded by timeout
+    (default: libvirt_timeout).
+
+    Raises ToolMissing without virsh, TestbedError on a timeout, on a failure when check, and on a
+    remote host whose connection failed (unless probe: then the result is returned)."""
     if not shutil.which("virsh"):
         raise ToolMissing("virsh is not installed", hint=tools.hint("virsh"))
+    host = current()
+    wait = timeout or host.timeout
+    where = f" on {host.uri}" if host.remote else ""
     try:
-        result = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
-                                check=False, input=input_text)
+        result = subprocess.run(["virsh", "-c", host.libvirt_uri, *args], capture_output=True, text=True,
+                                timeout=wait, check=False, input=input_text if input_text is not None else "")
     except subprocess.TimeoutExpired:
-        raise TestbedError(f"virsh {' '.join(args)} did not answer within {timeout:.0f}s",
-                       hint="is libvirtd hung? see: invoke lab.doctor") from None
+        raise TestbedError(f"virsh {' '.join(args)}{where} did not answer within {wait:.0f}s",
+                           hint="is libvirtd (or the host) hung? see: invoke lab.doctor; raise libvirt_timeout "
+                                "if it is just slow") from None
+    if host.remote and not probe and result.returncode != 0 and connection_lost(result.stderr):
+        raise TestbedError(f"libvirt host {host.uri} is unreachable ({connection_detail(result.stderr)})",
+                           hint=sshhost.ssh_hint(result.stderr, host.access))
     if check and result.returncode != 0:
-        raise TestbedError(f"virsh {' '.join(args)} failed: {result.stderr.strip()}")
+        raise TestbedError(f"virsh {' '.join(args)}{where} failed: {result.stderr.strip()}")
     return result
 
 
+def connection_lost(stderr: str) -> bool:
+    """virsh's stderr says the connection to libvirtd failed (not the command)."""
+    return any(words in stderr for words in CONNECTION_LOST)
+
+
+def connection_detail(stderr: str) -> str:
+    """The most telling line of a failed connection (ssh's own words when there are some)."""
+    lines = [line.strip().removeprefix("error: ") for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("failed to connect to the hypervisor")] or lines
+    return " / ".join(lines[-2:]) if lines else "no answer"
+
+
+def reach() -> tuple[bool, str]:
+    """(libvirtd answers, its version line or why not), without raising for a lost connection."""
+    if shutil.which("virsh") is None:
+        return False, "virsh is not installed"
+    result = virsh("version", timeout=max(15.0, current().timeout), probe=True)
+    if result.returncode == 0:
+        lines = [line for line in result.stdout.splitlines() if "running hypervisor" in line.lower()]
+        return True, lines[0].strip() if lines else "answers"
+    return False, connection_detail(result.stderr)
+
+
 def reachable() -> bool:
-    return shutil.which("virsh") is not None and virsh("version", timeout=15).returncode == 0
+    return reach()[0]
 
 
 def systemd_is_init() -> bool:
@@ -73,7 +159,15 @@ def ensure_kvm_node() -> None:
 
 
 def ensure_daemons() -> None:
-    """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1."""
+    """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1 (only
+    on this machine; a remote host's libvirtd must answer, else TestbedError naming the URI)."""
+    host = current()
+    if host.remote:
+        ok, detail = reach()
+        if not ok:
+            raise TestbedError(f"libvirt host {host.uri} does not answer ({detail})",
+                               hint=sshhost.ssh_hint(detail, host.access))
+        return
     ensure_kvm_node()
     if reachable():
         return
@@ -102,8 +196,11 @@ def ensure_pool() -> None:
     """vagrant-libvirt uploads boxes into the 'default' pool; a fresh libvirt has none."""
     info = virsh("pool-info", POOL)
     if info.returncode != 0:
-        Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
+        if not current().remote:
+            Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
         virsh("pool-define-as", POOL, "dir", "--target", POOL_PATH, check=True)
+        if current().remote:
+            virsh("pool-build", POOL, check=True)
         virsh("pool-autostart", POOL)
         info = virsh("pool-info", POOL)
     if not re.search(r"State:\s+running", info.stdout):
@@ -111,7 +208,8 @@ def ensure_pool() -> None:
 
 
 def used_octets(exclude_network: str) -> set[int]:
-    """Third octets of 192.168.x.0/24 subnets in use by other libvirt networks or host interfaces."""
+    """Third octets of 192.168.x.0/24 subnets in use by other libvirt networks or host interfaces
+    (on a remote host: its libvirt networks only)."""
     used: set[int] = set()
     names = virsh("net-list", "--all", "--name").stdout.split()
     for net in names:
@@ -119,6 +217,8 @@ def used_octets(exclude_network: str) -> set[int]:
             continue
         xml = virsh("net-dumpxml", net).stdout
         used.update(int(m) for m in re.findall(r"address=['\"]192\.168\.(\d+)\.", xml))
+    if current().remote:
+        return used
     addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
     used.update(int(m) for m in re.findall(r"inet 192\.168\.(\d+)\.", addrs))
     return used
@@ -187,7 +287,10 @@ def domain_state(domain: str) -> str:
 
 def owner_mark(lab_root: Path) -> str:
     """The mark a lab writes into its domain's description (vagrant-libvirt's `description`) when
-    the domain is created: the lab directory's absolute path, unique per checkout and lab."""
+    the domain is created: the lab directory's absolute path, unique per checkout and lab; on a
+    remote host, prefixed with this machine's name (two machines may have the same path)."""
+    if current().remote:
+        return f"cgroup-lab lab {socket.gethostname()}:{lab_root.resolve()}"
     return f"cgroup-lab lab {lab_root.resolve()}"
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 from lab.config.settings import Settings
 from lab.core.console import console
+from lab.core.errors import TestbedError
 from lab.host import accel, libvirt, tools
 from lab.host.probes import url_answers
 from lab.host.providers import resolve_provider
@@ -36,7 +38,21 @@ def _tool(name: str, required: bool = True, version_args: tuple[str, ...] = ("--
     return Check(name, True, detail, hint, required)
 
 
+def local_libvirt_checks() -> list[Check]:
+    """This machine's libvirt: /dev/kvm's mode and libvirtd."""
+    up = libvirt.reachable()
+    slow = libvirt.kvm_node_needs_fixing()
+    return [Check("/dev/kvm access", not slow,
+                  "libvirt-qemu cannot open it: libvirt re-probes qemu on every call (~1 min per define)"
+                  if slow else "fine", "chgrp kvm /dev/kvm && chmod 660 /dev/kvm (lab.up does it as root)",
+                  required=False),
+            Check("libvirtd", up or shutil.which("libvirtd") is not None,
+                  "answers" if up else "installed, not running (lab.up starts it)" if shutil.which("libvirtd")
+                  else "not installed", tools.hint("libvirtd"))]
+
+
 def checks(settings: Settings, provider: str) -> list[Check]:
+    """Every check for the settings' target and provider (and its libvirt host, local or remote)."""
     target = settings.target_data
     found = [_tool("vagrant")]
     if provider == "libvirt":
@@ -47,15 +63,10 @@ def checks(settings: Settings, provider: str) -> list[Check]:
         found.append(Check("vagrant-libvirt", "vagrant-libvirt" in plugins, plugins.strip() or "not installed",
                            tools.hint("vagrant-libvirt")))
         found.append(_tool("virsh", version_args=("-v",)))
-        up = libvirt.reachable()
-        slow = libvirt.kvm_node_needs_fixing()
-        found.append(Check("/dev/kvm access", not slow,
-                           "libvirt-qemu cannot open it: libvirt re-probes qemu on every call (~1 min per define)"
-                           if slow else "fine", "chgrp kvm /dev/kvm && chmod 660 /dev/kvm (lab.up does it as root)",
-                           required=False))
-        found.append(Check("libvirtd", up or shutil.which("libvirtd") is not None,
-                           "answers" if up else "installed, not running (lab.up starts it)" if shutil.which("libvirtd")
-                           else "not installed", tools.hint("libvirtd")))
+        if libvirt.current().remote:
+            found += remote_checks(settings)
+        else:
+            found += local_libvirt_checks()
     else:
         found.append(_tool("VBoxManage"))
     needs_build = not settings.box
@@ -66,13 +77,14 @@ def checks(settings: Settings, provider: str) -> list[Check]:
             found.append(_tool("sfdisk"))
             found.append(_tool("mkfs.ext4", version_args=("-V",)))
             found.append(_tool("qemu-img"))
-    if provider == "libvirt" or needs_build:
+    if (provider == "libvirt" and not libvirt.current().remote) or needs_build:
         found.append(_tool("qemu-system-x86_64"))
         kvm_ok, kvm_detail = accel.probe("kvm")
-        found.append(Check("kvm", kvm_ok, kvm_detail + ("" if kvm_ok else "; TCG will be used (slower)"),
+        here = " (here, for builds)" if libvirt.current().remote else ""
+        found.append(Check("kvm" + here, kvm_ok, kvm_detail + ("" if kvm_ok else "; TCG will be used (slower)"),
                            "check /dev/kvm and the CPU's virtualisation flags", required=False))
         tcg_ok, tcg_detail = accel.probe("tcg")
-        found.append(Check("accelerator", kvm_ok or tcg_ok, "kvm" if kvm_ok else tcg_detail,
+        found.append(Check("accelerator" + here, kvm_ok or tcg_ok, "kvm" if kvm_ok else tcg_detail,
                            tools.hint("qemu-system-x86_64")))
     found.append(_tool("shellcheck", required=False))
     if target.family == "trusty" and needs_build:
@@ -87,10 +99,59 @@ def checks(settings: Settings, provider: str) -> list[Check]:
     return found
 
 
+MEMORY_MARGIN_MIB = 256  # libvirt and qemu's own overhead next to the guest's memory
+
+
+def remote_checks(settings: Settings) -> list[Check]:
+    """The remote libvirt host (the current libvirt.Host): SSH, libvirtd, the pool, an accelerator,
+    free memory for the lab. Raises TestbedError (naming the URI) when the host cannot be reached
+    at all: every other check would fail the same way."""
+    host = libvirt.current()
+    assert host.access is not None
+    where = host.access.uri.host_label
+    hello = host.access.run("echo ok", timeout=host.timeout * 2)
+    keys = f"{'checked strictly against' if host.access.strict else 'pinned in'} {host.access.known_hosts}"
+    found = [Check("libvirt host ssh", hello.returncode == 0, f"{where}: key accepted, host key {keys}")]
+    ok, detail = libvirt.reach()
+    if not ok:
+        raise TestbedError(f"libvirt host {host.uri}: libvirtd does not answer ({detail})",
+                           hint="start libvirtd on that host (systemctl start libvirtd, or libvirtd -d)")
+    found.append(Check("libvirtd", True, f"{detail} on {where}"))
+    pool = libvirt.virsh("pool-info", libvirt.POOL)
+    running = pool.returncode == 0 and re.search(r"State:\s+running", pool.stdout) is not None
+    found.append(Check(f"storage pool {libvirt.POOL}", True if pool.returncode != 0 else running,
+                       "running" if running else "absent: lab.up defines it" if pool.returncode != 0
+                       else "defined but not running", f"virsh -c URI pool-start {libvirt.POOL}"))
+    caps = libvirt.virsh("domcapabilities", "--virttype", "kvm")
+    listed = caps.returncode == 0 and "<domain>kvm</domain>" in caps.stdout
+    kvm_ok, kvm_detail = accel.probe_remote(host.access, "kvm") if listed else (False, "libvirt lists no kvm")
+    found.append(Check("kvm", kvm_ok, kvm_detail + ("" if kvm_ok else "; TCG will be used there (slower)"),
+                       "check /dev/kvm on the host", required=False))
+    tcg_ok, tcg_detail = (True, "not needed") if kvm_ok else accel.probe_remote(host.access, "tcg")
+    found.append(Check("accelerator", kvm_ok or tcg_ok, "kvm" if kvm_ok else tcg_detail,
+                       "install qemu-system-x86 on the host"))
+    stats = libvirt.virsh("nodememstats").stdout
+    free = re.search(r"^free\s*:\s*(\d+) KiB", stats, re.M)
+    need = settings.memory + MEMORY_MARGIN_MIB
+    if free:
+        free_mib = int(free.group(1)) // 1024
+        found.append(Check("free memory", free_mib >= need, f"{free_mib} MiB free, the lab needs {need} MiB",
+                           "destroy labs you no longer need on that host, or lower memory in lab.toml"))
+    else:
+        found.append(Check("free memory", False, "virsh nodememstats gave no free figure", required=False))
+    cpus = re.search(r"^CPU\(s\):\s*(\d+)", libvirt.virsh("nodeinfo").stdout, re.M)
+    found.append(Check("host cpus", bool(cpus) and int(cpus.group(1)) >= 1 if cpus else False,
+                       f"{cpus.group(1)} (the lab uses {settings.cpus})" if cpus else "unknown", required=False))
+    return found
+
+
 def report(settings: Settings) -> bool:
-    """Print every check; True when the chosen target can be brought up here."""
+    """Print every check; True when the chosen target can be brought up here (on the settings'
+    libvirt host). Raises TestbedError when a remote libvirt host cannot be reached at all."""
     provider = resolve_provider(settings)
-    console.print(f"[bold]lab.doctor[/] target {settings.target}, provider {provider}")
+    host = libvirt.use(settings)
+    console.print(f"[bold]lab.doctor[/] target {settings.target}, provider {provider}"
+                  + (f", libvirt host {host.uri}" if host.remote else ""))
     results = checks(settings, provider)
     for c in results:
         mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if c.required else "[yellow]![/]")

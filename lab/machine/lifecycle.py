@@ -28,7 +28,7 @@ from lab.machine.phases import PhaseClock
 from lab.machine.state import Phase
 from lab.machine.vagrant import LabVagrant, box_add, box_names
 from lab.remote.keys import ensure_keypair
-from lab.remote.ssh import CommandResult, Endpoint, Remote
+from lab.remote.ssh import CommandResult, Endpoint, Jump, Remote
 from lab.render.lab import LabFacts, box_provisioned, default_network_octet, provision_plan, render_all
 from lab.render.plan import plan
 
@@ -68,11 +68,13 @@ def facts_for(settings: Settings, lab: paths.LabDir, provider: str, probe_networ
     octet = default_network_octet(settings.name)
     if probe_network and provider == "libvirt":
         octet = libvirt.pick_octet(octet, domain_name(settings), _saved_octet(lab))
-    driver = accel.libvirt_driver() if provider == "libvirt" and probe_network else "qemu"
+    host = libvirt.current()
+    driver = accel.libvirt_driver(host.access) if provider == "libvirt" and probe_network else "qemu"
     return LabFacts(provider=provider, libvirt_driver=driver, box_name=box_name, box_url=box_url,
                     public_key=public_key, network_octet=octet, owner=libvirt.owner_mark(lab.root),
                     box_provisioned=provider == "libvirt" and box_provisioned(settings),
-                    private_key_path=str(lab.private_key.resolve()))
+                    private_key_path=str(lab.private_key.resolve()),
+                    libvirt_uri=host.libvirt_uri, ssh_proxy=host.access.proxy_command if host.access else "")
 
 
 def load_facts(lab: paths.LabDir) -> LabFacts:
@@ -97,6 +99,7 @@ def render_lab(settings: Settings, out: Path | None = None, probe_network: bool 
     """Write the Vagrantfile, the provisioning scripts and the scenario's scripts into out (default
     .lab/<name>/); start nothing."""
     lab = paths.LabDir(out) if out else paths.lab_dir(settings.name)
+    libvirt.use(settings)
     provider = resolve_provider(settings)
     facts = facts_for(settings, lab, provider, probe_network)
     files = render_all(settings, facts)
@@ -152,6 +155,7 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False) -> 
     baseline snapshot once. A lab that is already provisioned is only checked, never re-provisioned
     or re-snapshotted. Raises LabBusy, LabError, TestbedError."""
     lab = paths.lab_dir(settings.name)
+    libvirt.use(settings)
     tools.require(*(("vagrant", "virsh") if resolve_provider(settings) == "libvirt" else ("VBoxManage",)))
     with state.locked(lab, "up"):
         _up(settings, lab, verbose, force_build)
@@ -284,6 +288,7 @@ class _EarlyLogin:
     def _run(self) -> None:
         deadline = time.monotonic() + self.settings.boot_timeout
         try:
+            libvirt.use(self.settings)  # a new thread starts on the local host: name the lab's
             while not libvirt.guest_address(domain_name(self.settings)):
                 if self._stop.wait(1.0) or time.monotonic() > deadline:
                     return
@@ -370,6 +375,7 @@ def require_running(settings: Settings) -> None:
     state and the next command (instead of waiting out the SSH timeout)."""
     if resolve_provider(settings) != "libvirt":
         return
+    libvirt.use(settings)
     libvirt.ensure_daemons()
     now = libvirt.domain_state(domain_name(settings))
     if now != "running":
@@ -380,6 +386,7 @@ def require_running(settings: Settings) -> None:
 def reset(settings: Settings) -> float:
     """Back to the freshly provisioned VM through its baseline snapshot; returns seconds taken."""
     lab = paths.lab_dir(settings.name)
+    libvirt.use(settings)
     with state.locked(lab, "reset"):
         if resolve_provider(settings) != "libvirt":
             raise LabError("lab.reset needs the libvirt provider", hint="use: invoke lab.destroy lab.up")
@@ -420,7 +427,8 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
     if not refresh:
         try:
             data = json.loads(saved.read_text())
-            return Endpoint(host=str(data["host"]), port=int(data["port"]), user=admin, key_file=lab.private_key)
+            return Endpoint(host=str(data["host"]), port=int(data["port"]), user=admin, key_file=lab.private_key,
+                            jump=jump_for(settings))
         except (OSError, ValueError, KeyError):
             pass
     if not lab.vagrantfile.exists():
@@ -434,7 +442,17 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
         raise TestbedError(f"Vagrant knows no address for {domain_name(settings)}",
                            hint="is it running? invoke lab.status")
     write_files(lab.root, {ENDPOINT: json.dumps({"host": host, "port": int(port)}) + "\n"})
-    return Endpoint(host=host, port=int(port), user=admin, key_file=lab.private_key)
+    return Endpoint(host=host, port=int(port), user=admin, key_file=lab.private_key, jump=jump_for(settings))
+
+
+def jump_for(settings: Settings) -> Jump | None:
+    """On a remote libvirt host: the SSH jump through it to the guest; else None."""
+    access = libvirt.use(settings).access
+    if access is None:
+        return None
+    uri = access.uri
+    return Jump(host=uri.host, port=uri.ssh_port, user=uri.user, key_file=Path(uri.keyfile) if uri.keyfile else None,
+                known_hosts=access.known_hosts, strict=access.strict, timeout=float(access.timeout), label=uri.text)
 
 
 def connect(settings: Settings, refresh: bool = False, connect_timeout: float | None = None) -> Remote:
@@ -448,11 +466,12 @@ def connect(settings: Settings, refresh: bool = False, connect_timeout: float | 
 def status(settings: Settings) -> dict[str, str]:
     """What the lab is: scenario, target, lifecycle phase, the domain's and Vagrant's view."""
     lab = paths.lab_dir(settings.name)
+    libvirt.use(settings)
     st = state.read(lab)
     info = {"lab": settings.name, "scenario": settings.scenario_data.id, "target": settings.target,
             "provider": resolve_provider(settings), "phase": f"{st.phase}" + (f" since {st.since} ({st.task})"
                                                                              if st.since else ""),
-            "baseline": st.baseline_at or "none", "dir": str(lab.root)}
+            "baseline": st.baseline_at or "none", "dir": str(lab.root), "libvirt": settings.libvirt_uri}
     if info["provider"] == "libvirt" and libvirt.reachable():
         info["domain"] = f"{domain_name(settings)}: {libvirt.domain_state(domain_name(settings))}"
     if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists():
@@ -468,6 +487,9 @@ def ssh(settings: Settings, command: str | None = None) -> None:
     ep = endpoint(settings)
     argv = ["ssh", "-i", str(lab.private_key), "-p", str(ep.port), "-o", f"UserKnownHostsFile={lab.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{ep.user}@{ep.host}"]
+    access = libvirt.current().access
+    if access is not None:  # through the libvirt host, with its own host-key file
+        argv[1:1] = ["-o", f"ProxyCommand={access.proxy_command}"]
     if command:
         argv[1:1] = ["-o", "BatchMode=yes"]
         argv.append(command)
@@ -478,6 +500,7 @@ def destroy(settings: Settings) -> list[str]:
     """Remove the lab's VM, its volumes and its network (only what carries its owner mark); safe
     to run twice and after a failed up. Returns what was removed."""
     lab = paths.lab_dir(settings.name)
+    libvirt.use(settings)
     with state.locked(lab, "destroy"):
         removed = _remove(settings, lab, resolve_provider(settings))
         state.advance(lab, Phase.ABSENT, "destroy")

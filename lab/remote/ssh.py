@@ -3,10 +3,16 @@
 The guest measures each command itself (bash's EPOCHREALTIME around the command), so reports can
 tell the guest's own work from connection overhead. Host keys live in the lab's own known_hosts:
 the first contact pins the key, a changed key is refused with a clear error.
+
+On a remote libvirt host the guest's address is only reachable from that host: the connection then
+runs inside a direct-tcpip channel of an SSH connection to the host (a jump, like `ssh -J`), with the
+host's key checked against the tool's own file (lab.host.sshhost), never ~/.ssh/known_hosts.
 """
 
 from __future__ import annotations
 
+import getpass
+import logging
 import re
 import select
 import shlex
@@ -21,6 +27,7 @@ import paramiko
 from lab.core.errors import LabError, TestbedError
 
 MARKER = "__LAB_GUEST_SECONDS__"
+JUMP_LOG = "paramiko.transport.lab-jump"
 MARKER_RE = re.compile(rf"\n?{MARKER} (\d+)\n?$")
 
 
@@ -46,11 +53,28 @@ class CommandResult:
 
 
 @dataclass(frozen=True)
+class Jump:
+    """The SSH host the guest is reached through (a remote libvirt host). key_file None: the
+    user's agent and default keys. strict: the host must already be in known_hosts; else the first
+    contact pins it there."""
+
+    host: str
+    port: int
+    user: str
+    key_file: Path | None
+    known_hosts: Path
+    strict: bool
+    timeout: float
+    label: str
+
+
+@dataclass(frozen=True)
 class Endpoint:
     host: str
     port: int
     user: str
     key_file: Path
+    jump: Jump | None = None
 
 
 def timed(command: str) -> str:
@@ -90,6 +114,7 @@ class Remote:
         self.command_timeout = command_timeout
         self.label = label
         self._client: paramiko.SSHClient | None = None
+        self._jump: paramiko.SSHClient | None = None
 
     def __enter__(self) -> Remote:
         if self._client is None:  # a Remote connected earlier (lab.up's early login) is kept
@@ -103,6 +128,59 @@ class Remote:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
+
+    def _jump_transport(self) -> paramiko.Transport | None:
+        """The live SSH transport to the jump host (opened on first use); None without a jump.
+        Raises TestbedError naming the host when it cannot be reached, refuses the key, or its
+        host key is unknown (strict) or changed: never retried, a jump host does not boot."""
+        jump = self.endpoint.jump
+        if jump is None:
+            return None
+        if self._jump is not None:
+            transport = self._jump.get_transport()
+            if transport is not None and transport.is_active():
+                return transport
+            self._jump.close()
+            self._jump = None
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(jump.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy() if jump.strict else paramiko.AutoAddPolicy())
+        where = f"libvirt host {jump.label}"
+        try:
+            client.connect(jump.host, port=jump.port, username=jump.user or getpass.getuser(),
+                           key_filename=str(jump.key_file) if jump.key_file else None, timeout=jump.timeout,
+                           banner_timeout=jump.timeout, auth_timeout=jump.timeout,
+                           allow_agent=jump.key_file is None, look_for_keys=jump.key_file is None)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise TestbedError(f"the host key of {where} changed (expected "
+                               f"{exc.expected_key.get_fingerprint().hex()}, got {exc.key.get_fingerprint().hex()})",
+                               hint=f"check the host, then fix {jump.known_hosts}") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise TestbedError(f"{where} refused the key ({exc})",
+                               hint="put the key in the host's authorized_keys, or set keyfile= in the URI") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            unknown = "not found in known_hosts" in str(exc)
+            raise TestbedError(f"{where} " + (f"is not in {jump.known_hosts} (strict host-key checking)" if unknown
+                               else f"is unreachable over SSH ({type(exc).__name__}: {exc})"),
+                               hint="add its key to that file" if unknown else
+                               "is the host up and sshd running? see: invoke lab.doctor --libvirt-uri URI") from None
+        if not jump.strict:
+            client.save_host_keys(str(jump.known_hosts))
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(5)
+        # a refused direct-tcpip channel (the guest still booting) is retried and reported by connect();
+        # paramiko would also log each refusal at ERROR on stderr
+        transport.set_log_channel(JUMP_LOG)
+        logging.getLogger(JUMP_LOG).setLevel(logging.CRITICAL)
+        self._jump = client
+        return transport
 
     def _new_client(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
@@ -120,14 +198,20 @@ class Remote:
         attempts = 0
         while True:
             attempts += 1
+            jump = self._jump_transport()
             client = self._new_client()
             left = max(1.0, deadline - time.monotonic())
             try:
+                sock = None
+                if jump is not None:  # the guest's sshd, reached from the libvirt host
+                    sock = jump.open_channel("direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0),
+                                             timeout=min(15.0, left))
                 client.connect(ep.host, port=ep.port, username=ep.user, key_filename=str(ep.key_file),
                                timeout=min(15.0, left), banner_timeout=min(30.0, left),
-                               auth_timeout=min(30.0, left), allow_agent=False, look_for_keys=False)
+                               auth_timeout=min(30.0, left), allow_agent=False, look_for_keys=False, sock=sock)
             except paramiko.BadHostKeyException as exc:
                 client.close()
+                self.close()
                 raise TestbedError(
                     f"the host key of {self.label} at {ep.host}:{ep.port} changed "
                     f"(expected {exc.expected_key.get_fingerprint().hex()}, got {exc.key.get_fingerprint().hex()})",
@@ -136,12 +220,14 @@ class Remote:
                 ) from None
             except paramiko.AuthenticationException as exc:
                 client.close()
+                self.close()
                 raise TestbedError(f"{ep.user}@{ep.host}:{ep.port} refused the lab's key ({exc})",
                                hint="re-provision with: invoke lab.up") from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 last = f"{type(exc).__name__}: {exc}"
                 if time.monotonic() >= deadline:
+                    self.close()
                     raise TestbedError(
                         f"could not reach {self.label} over SSH at {ep.host}:{ep.port} within "
                         f"{self.connect_timeout:.0f}s ({attempts} attempts; last: {last})",

@@ -28,6 +28,8 @@ class LabFacts:
     # boots it and hands the lab's key and hostname over QEMU's firmware config (fw_cfg).
     box_provisioned: bool = False
     private_key_path: str = ""  # the lab's private key, for Vagrant's own SSH when box_provisioned
+    libvirt_uri: str = "qemu:///system"  # the URI vagrant-libvirt connects to (host.libvirt.Host.libvirt_uri)
+    ssh_proxy: str = ""  # on a remote libvirt host: Vagrant's ProxyCommand to the guest through it
 
     @property
     def network_address(self) -> str:

@@ -35,7 +35,13 @@ def cell_text(c: dict, tid: str) -> str:
     return f"{t['observed']} ✓" if t["ok"] else f"{t['observed']} ✗ (expected {t['expected']})"
 
 
+def host_of(c: dict) -> str:
+    """Which libvirt host ran the cell: "local" (this machine) or user@host:port."""
+    return c.get("host") or "local"
+
+
 def render_md(rec: dict) -> str:
+    """matrix.md: fixes down, targets across; then per target its result, host and times."""
     targets = rec.get("targets", [])
     out = [f"# cgroup lab matrix: {rec['scenario']['title']}", "",
            f"Scenario `{rec['scenario']['id']}`, run started {rec.get('started_at', '')}, "
@@ -44,12 +50,13 @@ def render_md(rec: dict) -> str:
            "| --- | " + " | ".join("---" for _ in targets) + " |"]
     for tid in rows(rec):
         out.append(f"| {code(tid, True)} | " + " | ".join(cell(cell_text(c, tid)) for c in targets) + " |")
-    out += ["", "| target | result | up | verify | destroy | total |", "| --- | --- | --- | --- | --- | --- |"]
+    out += ["", "| target | result | host | up | verify | destroy | total |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in targets:
         result = {"ran": "✓ as expected" if c["ok"] else "✗ not as expected", "error": f"✗ error: {c.get('why', '')}",
                   "not run": f"not run: {c.get('why', '')}"}[c["status"]]
         sec = c.get("seconds", {})
-        out.append(f"| {code(c['target'], True)} | {cell(result)} | {sec.get('up', 0):.0f} s | "
+        out.append(f"| {code(c['target'], True)} | {cell(result)} | {cell(host_of(c))} | {sec.get('up', 0):.0f} s | "
                    f"{sec.get('verify', 0):.0f} s | {sec.get('destroy', 0):.0f} s | {sec.get('total', 0):.0f} s |")
     notes = [(t, n) for t, n in rec["scenario"].get("notes", {}).items() if n]
     if notes:
@@ -66,7 +73,7 @@ def render_junit(rec: dict) -> str:
     total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for c in rec.get("targets", []):
         suite = child(root, "testsuite", name=f"cgroup-lab.{rec['scenario']['id']}.{c['target']}",
-                      time=f"{c.get('seconds', {}).get('total', 0):.3f}")
+                      time=f"{c.get('seconds', {}).get('total', 0):.3f}", hostname=host_of(c))
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         if c["status"] == "not run" or (c["status"] == "error" and not c.get("tries")):
             case = child(suite, "testcase", name="target", classname=suite.get("name", ""), time="0")
@@ -111,7 +118,8 @@ def render_html(rec: dict) -> str:
                 "not run": f"not run: {c.get('why', '')}"}[c["status"]]
         report = c.get("run_dir", "")
         linked = f' — <a href="{escape("file://" + report + "/report.html")}">report</a>' if report else ""
-        summary.append(f"<li><code>{escape(c['target'])}</code>: {escape(what)}; up {sec.get('up', 0):.0f} s, "
+        summary.append(f"<li><code>{escape(c['target'])}</code>: {escape(what)}; on {escape(host_of(c))}; "
+                       f"up {sec.get('up', 0):.0f} s, "
                        f"verify {sec.get('verify', 0):.0f} s, total {sec.get('total', 0):.0f} s{linked}</li>")
     notes = [f"<li><code>{escape(t)}</code>: {escape(n)}</li>" for t, n in rec["scenario"].get("notes", {}).items()
              if n]

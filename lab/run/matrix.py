@@ -14,10 +14,11 @@ from pathlib import Path
 from lab.config.settings import Settings
 from lab.config.targets import get_target
 from lab.core import console, paths
-from lab.core.errors import LabError
+from lab.core.errors import LabError, TestbedError
 from lab.core.files import write_files
 from lab.machine import lifecycle, state
 from lab.run import engine, record
+from lab.run.hosts import Host, HostPool
 
 MATRIX_DIR = "matrix"
 
@@ -48,7 +49,7 @@ MAX_JOBS = 8
 
 
 def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publish_run: engine.Publish | None = None,
-        publish: engine.Publish | None = None, jobs: int = 1) -> bool:
+        publish: engine.Publish | None = None, jobs: int = 1, hosts: tuple[str, ...] = ()) -> bool:
     """Verify settings' scenario on each target; True when every cell that ran met its expectation.
 
     A lab that was already up is used and left up; the labs the matrix brought up are destroyed
@@ -56,7 +57,10 @@ def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publis
     logs/<target>.log in the run's directory and the terminal shows their steps, labelled. Each
     verify writes its own run's reports (publish_run); the combined record goes to
     .lab/matrix/<scenario>/<run>/matrix.json, then publish(dir) renders the other formats.
-    Raises LabError for an unknown target or a jobs value out of range, before anything starts."""
+    hosts: libvirt URIs to spread the labs over (lab.run.hosts; default: the settings' one), each
+    cell records the host that ran it.
+    Raises LabError for an unknown target or a jobs value out of range, before anything starts;
+    TestbedError when none of the hosts answers."""
     if not 1 <= jobs <= MAX_JOBS:
         raise LabError(f"--jobs must be between 1 and {MAX_JOBS}, not {jobs}",
                        hint="each job is one VM; two fit a 2-core host")
@@ -77,21 +81,24 @@ def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publis
     rec["run"] = where.name
     started = time.monotonic()
     labs = [replace(settings, target=t, name=f"{scenario.id}-{t}"[:48].rstrip("-"), fixes=()) for t in targets]
+    pool = HostPool.probe(settings, hosts) if hosts else HostPool.single(settings.libvirt_uri, jobs)
+    jobs = rec["jobs"] = min(jobs, pool.room())
     try:
         if jobs == 1:
             for n, (s, target) in enumerate(zip(labs, targets, strict=True), start=1):
                 done = ", ".join(f"{c['target']} {c['seconds']['total']:.0f}s" for c in rec["targets"]) or "none yet"
                 console.info(f"[bold]matrix {n}/{len(targets)}: {target}[/] [dim](done: {done})[/]")
-                rec["targets"].append(_one(s, target, keep, publish_run))
+                rec["targets"].append(_on_host(pool, s, target, keep, publish_run))
         else:
             console.info(f"[bold]matrix: {len(targets)} targets, {jobs} at a time[/] [dim](each lab's output: "
                          f"{where / 'logs'})[/]")
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix") as pool:
-                cells = [pool.submit(_logged, s, target, keep, publish_run, where / "logs" / f"{target}.log")
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix") as workers:
+                cells = [workers.submit(_logged, pool, s, target, keep, publish_run, where / "logs" / f"{target}.log")
                          for s, target in zip(labs, targets, strict=True)]
                 rec["targets"] = [cell.result() for cell in cells]
     finally:
         rec["seconds"] = round(time.monotonic() - started, 1)
+        rec["hosts"] = pool.summary()
         ran = [c for c in rec["targets"] if c["status"] != "not run"]
         rec["ok"] = bool(ran) and all(c["ok"] and c["status"] == "ran" for c in ran) and \
             len(rec["targets"]) == len(targets)
@@ -101,12 +108,49 @@ def run(settings: Settings, targets: tuple[str, ...], keep: bool = False, publis
     return bool(rec["ok"])
 
 
-def _logged(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None, log: Path) -> dict:
-    """_one in a worker thread, its output in log; the cell records where the log is."""
+def _logged(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: engine.Publish | None,
+            log: Path) -> dict:
+    """_on_host in a worker thread, its output in log; the cell records where the log is."""
     with console.redirected(log, target):
-        cell = _one(s, target, keep, publish_run)
+        cell = _on_host(pool, s, target, keep, publish_run)
     cell["log"] = str(log)
     return cell
+
+
+def _on_host(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
+    """_one on a host of the pool (the one its lab is up on, if it is); the cell says which host.
+    A lab that failed on a host that then no longer answers takes that host out of the pool."""
+    if _why_not(s):
+        return _one(s, target, keep, publish_run)
+    try:
+        with pool.slot(target, _pinned(s)) as host:
+            return _on(pool, replace(s, libvirt_uri=host.uri), host, target, keep, publish_run)
+    except TestbedError as exc:  # no host for this lab (pool.slot)
+        console.error(f"{target}: {exc.message}")
+        return {"target": target, "title": s.target_data.title, "name": s.name, "status": "error", "ok": False,
+                "why": exc.message, "host": "", "seconds": {"up": 0.0, "verify": 0.0, "destroy": 0.0, "total": 0.0},
+                "tries": {}, "kept": False}
+
+
+def _on(pool: HostPool, s: Settings, host: Host, target: str, keep: bool,
+        publish_run: engine.Publish | None) -> dict:
+    if len(pool.hosts) > 1:
+        console.info(f"  {target} runs on host {host.label}")
+    cell = _one(s, target, keep, publish_run)
+    cell.update(host=host.label, libvirt_uri=host.uri)
+    if cell["status"] == "error":
+        pool.check(s, host)
+    return cell
+
+
+def _pinned(s: Settings) -> str:
+    """The libvirt URI a lab that is already up runs on ("" when it is not up here)."""
+    if state.read(paths.lab_dir(s.name)).phase not in state.READY:
+        return ""
+    try:
+        return lifecycle.load_lab(s.name).libvirt_uri
+    except LabError:
+        return ""
 
 
 def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
