@@ -149,3 +149,13 @@ def test_box_provisioning_is_rendered_without_lab_values(tmp_path: Path) -> None
     other = make_settings(tmp_path, target="bookworm", scenario="sudo-systemctl-user")
     assert build_inputs(other)["provision"] != build_inputs(a)["provision"]
     assert box_provision_scripts(make_settings(tmp_path, target="bookworm", box="owner/name")) == {}
+
+
+def test_scenario_scripts_import_the_engines_snippets(tmp_path: Path) -> None:
+    """The shipped scenarios share their linger scripts through templates/lib (lab/linger.sh.j2);
+    the rendered scripts are whole shell, with the user quoted."""
+    s = make_settings(tmp_path, target="bookworm-unified", scenario="sudo-rootless-podman")
+    scripts = plan(s, make_facts()).scripts
+    apply = scripts["fixes/linger-env-apply.sh"]
+    assert "user=poduser\n" in apply and 'loginctl enable-linger "$user"' in apply and "{%" not in apply
+    assert 'loginctl disable-linger "$user"' in scripts["fixes/linger-env-revert.sh"]

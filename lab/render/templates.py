@@ -18,6 +18,7 @@ from lab.core.errors import LabError
 from lab.core.paths import PROJECT_DIR
 
 TEMPLATES_DIR = PROJECT_DIR / "templates"
+LIB_DIR = TEMPLATES_DIR / "lib"  # snippets a scenario's templates import as "lab/NAME" (e.g. lab/linger.sh.j2)
 
 
 def sh(value: object) -> str:
@@ -44,9 +45,12 @@ def rb_int(value: object) -> str:
     return str(value)
 
 
-def _environment(paths: tuple[str, ...]) -> jinja2.Environment:
+def _environment(paths: tuple[str, ...], library: bool = False) -> jinja2.Environment:
+    loader: jinja2.BaseLoader = jinja2.FileSystemLoader(list(paths))
+    if library:  # the engine's snippets (templates/lib/) under the prefix lab/, after the folder's own files
+        loader = jinja2.ChoiceLoader([loader, jinja2.PrefixLoader({"lab": jinja2.FileSystemLoader(str(LIB_DIR))})])
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(list(paths)),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -65,8 +69,9 @@ def environment() -> jinja2.Environment:
 
 @cache
 def scenario_environment(folder: Path) -> jinja2.Environment:
-    """A scenario's templates: paths are relative to its folder."""
-    return _environment((str(folder),))
+    """A scenario's templates: paths are relative to its folder; the engine's snippets are there
+    as lab/NAME (templates/lib/NAME)."""
+    return _environment((str(folder),), library=True)
 
 
 def render_file(env: jinja2.Environment, name: str, ctx: dict[str, Any], where: str = "") -> str:
