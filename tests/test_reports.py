@@ -251,3 +251,23 @@ def test_junit_reads_in_a_junit_consumer(record: dict) -> None:
     bad = junitparser.JUnitXml.fromstring(junit.render(broken))
     bad_cases = [case for suite in (list(bad) if isinstance(bad, junitparser.JUnitXml) else [bad]) for case in suite]
     assert [c.name for c in bad_cases if not c.is_passed] == ["cgm"]
+
+
+def test_prune_keeps_the_newest_runs_and_the_latest_one(tmp_path: Path) -> None:
+    """keep_reports: older run directories go; the run `latest` names stays even when it is old;
+    a directory without a verify.json (not a run) and other files are never touched."""
+    from lab.run.record import prune
+
+    reports = tmp_path / "reports"
+    names = ["20261129-100000", "20261129-110000", "20261129-110000-2", "20261129-120000", "20261129-130000"]
+    for name in names:
+        (reports / name).mkdir(parents=True)
+        (reports / name / "verify.json").write_text("{}")
+    (reports / "notes").mkdir()
+    (reports / "bench.json").write_text("{}")
+    point_latest(reports, "20261129-100000")
+    gone = prune(reports, keep=2)
+    assert sorted(p.name for p in gone) == ["20261129-110000", "20261129-110000-2"]
+    left = sorted(p.name for p in reports.iterdir())
+    assert left == ["20261129-100000", "20261129-120000", "20261129-130000", "bench.json", "latest", "notes"]
+    assert prune(reports, keep=2) == []

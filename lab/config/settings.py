@@ -51,6 +51,7 @@ class Settings:
     build_timeout: int = 3600
     libvirt_uri: str = uris.LOCAL_URI
     libvirt_timeout: int = 60
+    keep_reports: int = 20  # verify runs kept in .lab/<name>/reports/ (the one `latest` names always stays)
 
     @property
     def libvirt(self) -> uris.LibvirtUri:
@@ -198,6 +199,7 @@ CHECKS: dict[str, Callable[[str, object, str], object]] = {
     "build_timeout": _int_in(60, 14400),
     "libvirt_uri": _libvirt_uri,
     "libvirt_timeout": _int_in(5, 600),
+    "keep_reports": _int_in(1, 10000),
 }
 
 

@@ -212,6 +212,7 @@ def _run(settings: Settings, lab: paths.LabDir, only: tuple[str, ...], step_mode
         rec["seconds"] = round(time.monotonic() - wall_start, 3)
         record.finish(rec)
         where = record.write(lab, rec)
+        record.prune(lab.reports, settings.keep_reports)
         for path in publish(where) if publish else ():
             live.written(path)
     live.summary(rec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -70,6 +71,18 @@ def write(lab: LabDir, rec: dict) -> Path:
     if complete(rec):
         point_latest(lab.reports, where.name)
     return where
+
+
+def prune(reports: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` run directories (those holding a verify.json; names sort by
+    time) and never the one `latest` points at. Returns what was deleted."""
+    runs = sorted((p for p in reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / RECORD).is_file()),
+                  key=lambda p: p.name)
+    latest = (reports / LATEST).resolve() if (reports / LATEST).is_symlink() else None
+    gone = [p for p in runs[:-keep] if p.resolve() != latest]
+    for path in gone:
+        shutil.rmtree(path)
+    return gone
 
 
 def point_latest(reports: Path, run: str) -> None:
