@@ -9,6 +9,7 @@ fails the run. Resources sit on an ExitStack and are released in reverse order o
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +69,9 @@ class Runner:
 
         self.shell(False)
         self.shell(True)
-        threads = [threading.Thread(target=open_one, args=(as_root,), daemon=True) for as_root in (False, True)]
+        # each thread runs in a copy of this context: the lab's libvirt host for liveness checks
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(open_one, as_root), daemon=True)
+                   for as_root in (False, True)]
         for t in threads:
             t.start()
         for t in threads:
