@@ -19,7 +19,7 @@ from lab.core import console
 from lab.core.errors import LabError
 
 FLAG_HELP = {
-    "target": "target to use: trusty, bookworm or bookworm-unified (lab.toml: target)",
+    "target": "target to use: trusty, bookworm, bookworm-unified or trixie (lab.toml: target; see lab.scenarios)",
     "scenario": "a shipped scenario id (see lab.scenarios) or a scenario folder (lab.toml: scenario)",
     "provider": "virtualbox, libvirt or auto (lab.toml: provider)",
     "name": "lab name, default <scenario>-<target>; state lives in .lab/NAME/",
@@ -62,6 +62,11 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             if exc.hint:
                 console.err_console.print(f"  [dim]hint: {exc.hint}[/]")
             raise Exit(code=exc.exit_code) from None
+        except OSError as exc:  # a path the user gave that cannot be read or written (--out, PATH)
+            where = f": {exc.filename}" if exc.filename else ""
+            console.error(f"{exc.strerror or exc}{where}")
+            console.err_console.print("  [dim]hint: check the path you gave and its permissions[/]")
+            raise Exit(code=2) from None
         except KeyboardInterrupt:
             console.error("interrupted; the processes this command started were stopped")
             raise Exit(code=130) from None
@@ -141,7 +146,7 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
 
 
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
-                              "name": "act on this lab", "fix": "run only this fix (repeatable)",
+                              "name": "act on this lab", "fix": "ID: run only this fix; repeat --fix ID for several",
                               "list_fixes": "list the scenario's fixes on the lab's target",
                               "step": "pause before each try (Enter or space goes on, q stops and restores)",
                               "from": "start at this fix, after the evidence (a demo resumed)",
@@ -291,7 +296,8 @@ def scenarios(c):
 
     for sid in sc.shipped():
         s = sc.load(sid)
-        console.info(f"[bold cyan]{sid}[/]  {s.model.title}")
+        default = "  [dim](default)[/]" if sid == sc.DEFAULT_SCENARIO else ""
+        console.info(f"[bold cyan]{sid}[/]  {s.model.title}{default}")
         for target in s.target_names:
             fixes = ", ".join(f.id for f in s.fixes_for(target)) or "no fixes"
             console.info(f"   ↳ {target}: {fixes}")

@@ -151,3 +151,28 @@ def test_trusty_build_refuses_when_the_iso_does_not_answer(tmp_path: Path) -> No
                     env={"LAB_ISO_URL": f"http://127.0.0.1:{port}/ubuntu-14.04.6-server-amd64.iso",
                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert_clean_refusal(result, tmp_path, "cannot be built here", "local box")
+
+
+def test_an_unwritable_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """--out naming a file, lab.new under /proc: one line with the path, exit 2 (found by a fresh user)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    result = invoke(tmp_path, "lab.render", "--target", "bookworm", "--out", str(a_file))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert str(a_file) in result.stderr and "check the path" in result.stderr
+    result = invoke(tmp_path, "lab.new", "/proc/cgroup-lab-test")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("text", ["[]", '{"fixes": 5}', "{}"])
+def test_a_damaged_record_is_refused_by_lab_report(tmp_path: Path, text: str) -> None:
+    from labtest import make_settings
+
+    run = tmp_path / ".lab" / "demo" / "reports" / "20261129-000000"
+    run.mkdir(parents=True)
+    (tmp_path / ".lab" / "demo" / "settings.json").write_text(make_settings(tmp_path, target="bookworm",
+                                                                           name="demo").to_json())
+    (run / "verify.json").write_text(text)
+    result = invoke(tmp_path, "lab.report", "--name", "demo", "--run", run.name)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is not a verify record" in result.stderr

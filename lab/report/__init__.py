@@ -49,11 +49,16 @@ def load_record(run_dir: Path) -> dict:
     """The record of one run (its verify.json); LabError if it is missing or damaged."""
     path = run_dir / RECORD
     try:
-        return record.load(run_dir)
+        rec = record.load(run_dir)
     except FileNotFoundError:
         raise LabError(f"no verify record at {path}", hint="run: invoke lab.verify") from None
     except json.JSONDecodeError as exc:
         raise LabError(f"{path} is not valid JSON ({exc})", hint="run lab.verify again") from None
+    shape_ok = isinstance(rec, dict) and isinstance(rec.get("steps"), list) and isinstance(rec.get("scenario"), dict)
+    if not shape_ok or not isinstance(rec.get("fixes", []), list):
+        raise LabError(f"{path} is not a verify record (an object with scenario, steps and fixes)",
+                       hint="run lab.verify again")
+    return rec
 
 
 def write_reports(run_dir: Path, formats: Iterable[str] | None = None) -> list[Path]:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Provisioning (as root, at lab.up): put the guest into the state the bug needs. Here: nothing
+# Provisioning (as root; lab.build runs it into the box): put the guest into the state the bug needs. Here: nothing
 # lingers for the user, so the baseline starts without a user manager.
 set -euo pipefail
 user={{ vars.user|sh }}
