@@ -208,7 +208,8 @@ def read_config_file(path: Path) -> dict[str, object]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LabError(f"settings file {path} does not exist", hint="create it or pass --config") from None
+        raise LabError(f"settings file {path} does not exist",
+                       hint="check the path; without --config, ./lab.toml is read (and may be absent)") from None
     except OSError as exc:
         raise LabError(f"settings file {path} cannot be read: {exc.strerror}") from None
     try:

@@ -473,7 +473,11 @@ def status(settings: Settings) -> dict[str, str]:
                                                                              if st.since else ""),
             "baseline": st.baseline_at or "none", "dir": str(lab.root), "libvirt": settings.libvirt_uri}
     if info["provider"] == "libvirt" and libvirt.reachable():
-        info["domain"] = f"{domain_name(settings)}: {libvirt.domain_state(domain_name(settings))}"
+        mark = libvirt.domain_owner(domain_name(settings))
+        if mark is not None and mark != libvirt.owner_mark(lab.root):
+            info["domain"] = f"{domain_name(settings)}: belongs to someone else ({mark or 'no owner mark'})"
+        else:
+            info["domain"] = f"{domain_name(settings)}: {libvirt.domain_state(domain_name(settings))}"
     if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists():
         states = LabVagrant(lab.root, timeout=120).status()
         info["vagrant"] = ", ".join(f"{s.name}: {s.state}" for s in states)
