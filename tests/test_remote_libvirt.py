@@ -185,17 +185,23 @@ def test_a_bad_uri_is_one_line_and_exit_2(tmp_path: Path, uri: str) -> None:
     assert not (tmp_path / ".lab").exists(), "nothing may start on a bad setting"
 
 
+def guest_sshd(tmp_path: Path) -> tuple[Sshd, Path]:
+    """A real sshd on loopback that plays the lab's guest, trusting a key made for the test (started;
+    the caller stops it)."""
+    (tmp_path / "guest").mkdir()
+    guest = Sshd(tmp_path / "guest", free_port(), "root")
+    guest_key = tmp_path / "lab" / "id_ed25519"
+    guest.authorize(ensure_keypair(guest_key, guest_key.with_suffix(".pub"), "lab-test-guest"))
+    guest.start()
+    return guest, guest_key
+
+
 @pytest.mark.integration
 def test_the_guest_is_reached_through_the_host(loopback_host: LoopbackHost, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """paramiko's jump: a second sshd plays the guest; the connection to it runs in a direct-tcpip
     channel of the connection to the libvirt host."""
-    guest_dir = tmp_path / "guest"
-    guest_dir.mkdir()
-    guest = Sshd(guest_dir, free_port(), "root")
-    guest_key = tmp_path / "lab" / "id_ed25519"
-    guest.authorize(ensure_keypair(guest_key, guest_key.with_suffix(".pub"), "lab-test-guest"))
-    guest.start()
+    guest, guest_key = guest_sshd(tmp_path)
     try:
         jump = Jump(host="127.0.0.1", port=loopback_host.sshd.port, user="root", key_file=loopback_host.key,
                     known_hosts=loopback_host.known_hosts, strict=True, timeout=10, label="the test host")
@@ -282,11 +288,7 @@ def test_a_host_vanishing_mid_command_ends_it_in_seconds(loopback_host: Loopback
     """The libvirt host (the jump) goes away while a guest command runs: a TestbedError naming the
     lost connection within seconds, not the command's own timeout."""
     host = second_host(loopback_host, tmp_path / "host")
-    (tmp_path / "guest").mkdir()
-    guest = Sshd(tmp_path / "guest", free_port(), "root")
-    guest_key = tmp_path / "lab" / "id_ed25519"
-    guest.authorize(ensure_keypair(guest_key, guest_key.with_suffix(".pub"), "lab-test-guest"))
-    guest.start()
+    guest, guest_key = guest_sshd(tmp_path)
     try:
         jump = Jump(host="127.0.0.1", port=host.sshd.port, user="root", key_file=host.key,
                     known_hosts=host.known_hosts, strict=True, timeout=10, label="the vanishing host")
