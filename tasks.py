@@ -118,21 +118,28 @@ def doctor(c, target=None, scenario=None, provider=None, name=None, config=None,
         raise Exit(code=1)
 
 
-@task(help=flags(*LAB_FLAGS, "verbose", force="rebuild even when the cache has the box"))
+KEEP_FAILING_BUILD = ("leave the build VM running when a provisioning script fails, and print how to get a "
+                      "shell in it (lab.destroy or the next build removes it)")
+
+
+@task(help=flags(*LAB_FLAGS, "verbose", force="rebuild even when the cache has the images",
+                 keep_failing=KEEP_FAILING_BUILD))
 @guarded
 def build(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, force=False,
-          verbose=False):
-    """Build the box for the target and the scenario's packages (mmdebstrap + Packer, or the ISO)."""
-    from lab.images.build import build as build_box
+          verbose=False, keep_failing=False):
+    """Build what the lab starts from: the target's base image and the scenario's layer (or the ISO box)."""
+    from lab.images.build import build as build_images
 
-    build_box(_settings(target, scenario, provider, name, config, libvirt_uri), force=force, verbose=verbose)
+    build_images(_settings(target, scenario, provider, name, config, libvirt_uri), force=force, verbose=verbose,
+                 keep_failing=keep_failing)
 
 
-@task(help=flags(*LAB_FLAGS, "verbose", rebuild="rebuild the box even when it is cached"))
+@task(help=flags(*LAB_FLAGS, "verbose", rebuild="rebuild the images even when they are cached",
+                 keep_failing=KEEP_FAILING_BUILD))
 @guarded
 def up(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, verbose=False,
-       rebuild=False):
-    """Check the scenario, build the box if needed, bring the VM up, provision, take the baseline."""
+       rebuild=False, keep_failing=False):
+    """Check the scenario, build its images if needed, start the lab from them, take the baseline."""
     from lab.machine import lifecycle
     from lab.render.check import check
 
@@ -142,7 +149,7 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
         for line in problems:
             console.error(line)
         raise Exit(code=2)
-    lifecycle.up(s, verbose=verbose, force_build=rebuild)
+    lifecycle.up(s, verbose=verbose, force_build=rebuild, keep_failing=keep_failing)
 
 
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
@@ -215,8 +222,10 @@ def reset(c, target=None, scenario=None, name=None):
     """Return the lab to its freshly provisioned state from its baseline snapshot (seconds)."""
     from lab.machine import lifecycle
 
-    seconds = lifecycle.reset(_existing(target, name, scenario))
-    console.info(f"[green]✓[/] lab reset to its baseline snapshot in {seconds:.1f}s")
+    done = lifecycle.reset(_existing(target, name, scenario))
+    console.info(f"[green]✓[/] lab reset to its baseline snapshot in {done.seconds:.1f}s ({done.method} "
+                 f"{done.revert_s:.2f}s, first SSH command {done.first_command_s:.2f}s, fingerprint "
+                 f"{done.fingerprint_s:.2f}s)")
 
 
 @task(help=flags(*LAB_FLAGS, fresh="first rebuild the box from nothing and time build + up + verify (~4 min)"))

@@ -46,6 +46,7 @@ class Settings:
     iso_url: str = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
     box: str = ""
     boot_timeout: int = 900
+    boot_quiet_timeout: int = 180  # an image VM's boot printing nothing for this long is a stall
     ssh_timeout: int = 300
     command_timeout: int = 300
     build_timeout: int = 3600
@@ -194,6 +195,7 @@ CHECKS: dict[str, Callable[[str, object, str], object]] = {
     "iso_url": _url,
     "box": _box,
     "boot_timeout": _int_in(30, 7200),
+    "boot_quiet_timeout": _int_in(10, 3600),
     "ssh_timeout": _int_in(5, 3600),
     "command_timeout": _int_in(5, 3600),
     "build_timeout": _int_in(60, 14400),

@@ -68,14 +68,22 @@ def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
+def past_usual(elapsed: float, usual_s: float) -> str:
+    """A heartbeat's note when a step runs far past its usual time (three times it), else ""."""
+    if usual_s > 0 and elapsed > 3 * usual_s:
+        return f" [yellow](far past its usual ~{usual_s:.0f}s)[/]"
+    return ""
+
+
 @contextmanager
-def step(title: str, waiting_for: str, verbose: bool = False) -> Iterator[Callable[[str], None]]:
-    """Show progress for a long step; yields a callback that receives the step's output lines."""
+def step(title: str, waiting_for: str, verbose: bool = False, usual_s: float = 0) -> Iterator[Callable[[str], None]]:
+    """Show progress for a long step; yields a callback that receives the step's output lines.
+    usual_s: the step's usual seconds on this kind of host; the heartbeat says when it is far past."""
     started = time.monotonic()
     latest = [""]
     label = _label()
     if label:
-        yield from _labelled_step(label, title, waiting_for, started)
+        yield from _labelled_step(label, title, waiting_for, started, usual_s)
         return
     console.print(f"[bold cyan]▶[/] {escape(title)} [dim](waiting for {escape(waiting_for)})[/]")
 
@@ -90,13 +98,14 @@ def step(title: str, waiting_for: str, verbose: bool = False) -> Iterator[Callab
         while not done.wait(HEARTBEAT_S):
             elapsed = time.monotonic() - started
             console.print(f"  [dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}: "
-                          f"{escape(latest[0])}[/]")
+                          f"{escape(latest[0])}[/]{past_usual(elapsed, usual_s)}")
 
     if console.is_terminal:
         with console.status(f"{title}…") as status:
             def tick() -> None:
                 while not done.wait(1.0):
-                    status.update(f"{escape(title)} {time.monotonic() - started:.0f}s "
+                    elapsed = time.monotonic() - started
+                    status.update(f"{escape(title)} {elapsed:.0f}s{past_usual(elapsed, usual_s)} "
                                   f"[dim]{escape(latest[0])}[/]")
             threading.Thread(target=tick, daemon=True).start()
             try:
@@ -112,7 +121,8 @@ def step(title: str, waiting_for: str, verbose: bool = False) -> Iterator[Callab
     console.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
 
 
-def _labelled_step(label: str, title: str, waiting_for: str, started: float) -> Iterator[Callable[[str], None]]:
+def _labelled_step(label: str, title: str, waiting_for: str, started: float,
+                   usual_s: float = 0) -> Iterator[Callable[[str], None]]:
     """step() for a redirected thread: output lines into its log; start, heartbeat and end lines,
     labelled, on the terminal too."""
     log = console
@@ -123,7 +133,9 @@ def _labelled_step(label: str, title: str, waiting_for: str, started: float) -> 
 
     def heartbeat() -> None:
         while not done.wait(HEARTBEAT_S):
-            _main.print(f"{tag}[dim]… {time.monotonic() - started:.0f}s, still waiting for {escape(waiting_for)}[/]")
+            elapsed = time.monotonic() - started
+            _main.print(f"{tag}[dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}[/]"
+                        f"{past_usual(elapsed, usual_s)}")
 
     threading.Thread(target=heartbeat, daemon=True).start()
     try:

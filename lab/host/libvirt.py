@@ -234,10 +234,12 @@ def pick_octet(preferred: int, network: str, current: int | None = None) -> int:
                    hint="destroy labs you no longer need: invoke lab.destroy --name NAME")
 
 
-def ensure_network(network: str, octet: int) -> bool:
+def ensure_network(network: str, octet: int, *, nat: bool = False, reserve: tuple[str, str] | None = None) -> bool:
     """Define and start the lab's isolated network 192.168.<octet>.0/24 (DHCP without dnsmasq's
     ping check, no forwarding) with spanning tree off, before vagrant-libvirt looks for it; True
-    when it was created now.
+    when it was created now. nat: forward to the outside through the host (an image build's VM,
+    whose provisioning may fetch packages); reserve: (MAC, IPv4) the DHCP server always gives that
+    MAC (a lab started from a saved state keeps its address when it reboots).
 
     vagrant-libvirt would create it with `stp='on' delay='0'`, and Linux raises a forward delay of 0
     to 2 s when STP is on: every new tap port (every boot, every snapshot revert) then spends about
@@ -250,10 +252,12 @@ def ensure_network(network: str, octet: int) -> bool:
         return False
     # dnsmasq's no-ping: by default it pings an address before offering it and waits ~3 s for
     # silence (measured: DHCPDISCOVER to DHCPOFFER 3.0 s); the lab's network has one guest.
+    forward = "<forward mode='nat'/>" if nat else ""
+    host = f"<host mac='{reserve[0]}' ip='{reserve[1]}'/>" if reserve else ""
     xml = (f"<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>"
-           f"<name>{network}</name><bridge stp='off' delay='0'/>"
+           f"<name>{network}</name>{forward}<bridge stp='off' delay='0'/>"
            f"<ip address='192.168.{octet}.1' netmask='255.255.255.0'><dhcp>"
-           f"<range start='192.168.{octet}.2' end='192.168.{octet}.254'/></dhcp></ip>"
+           f"<range start='192.168.{octet}.2' end='192.168.{octet}.254'/>{host}</dhcp></ip>"
            f"<dnsmasq:options><dnsmasq:option value='no-ping'/></dnsmasq:options></network>")
     virsh("net-define", "/dev/stdin", check=True, input_text=xml)
     virsh("net-start", network, check=True)
@@ -268,11 +272,15 @@ def box_volumes() -> set[str]:
             for n in names if "_vagrant_box_image_" in n}
 
 
-def guest_address(domain: str) -> str | None:
-    """The guest's IPv4 address from the network's DHCP lease (`virsh domifaddr`), or None."""
-    out = virsh("domifaddr", domain, "--source", "lease").stdout
-    m = re.search(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/", out)
-    return m.group(1) if m else None
+def guest_address(domain: str, agent: bool = False) -> str | None:
+    """The guest's IPv4 address from the network's DHCP lease (`virsh domifaddr`), else (agent)
+    from its guest agent (a VM restored from a saved state has a fixed address, no lease), or None."""
+    for source in ("lease", "agent") if agent else ("lease",):
+        out = virsh("domifaddr", domain, "--source", source).stdout
+        m = re.search(r"ipv4\s+((?!127\.)\d+\.\d+\.\d+\.\d+)/", out)
+        if m:
+            return m.group(1)
+    return None
 
 
 def domain_exists(domain: str) -> bool:
@@ -326,7 +334,7 @@ def cleanup(domain: str, network: str, owner: str) -> list[str]:
         if result.returncode != 0:
             virsh("undefine", domain, "--remove-all-storage", check=True)
         removed.append(f"domain {domain}")
-        for vol in (f"{domain}.img",):
+        for vol in (f"{domain}.img", f"{domain}.qcow2", f"{domain}.state"):  # Vagrant's disk, or ours
             if virsh("vol-info", vol, "--pool", POOL).returncode == 0:
                 virsh("vol-delete", vol, "--pool", POOL, check=True)
                 removed.append(f"volume {vol}")
@@ -376,3 +384,40 @@ def delete_snapshots(domain: str) -> None:
     """libvirt refuses to undefine a domain that still has snapshots."""
     for name in snapshots(domain):
         virsh("snapshot-delete", domain, name, "--metadata", timeout=120)
+
+
+# --- domains started from saved states (lab.images, lab.machine.lifecycle) -------------------------
+
+def define(xml: str) -> None:
+    """Define (or redefine) a persistent domain from XML. Raises TestbedError with virsh's words."""
+    virsh("define", "/dev/stdin", check=True, input_text=xml)
+
+
+def create(xml: str) -> None:
+    """Start a transient domain from XML (gone once it stops or is saved)."""
+    virsh("create", "/dev/stdin", check=True, input_text=xml, timeout=max(120.0, current().timeout))
+
+
+def save(domain: str, file_path: str, timeout: float) -> None:
+    """Save the running domain's state (RAM, devices) to a file on its host and stop it
+    (`virsh save`; a transient domain is gone afterwards)."""
+    virsh("save", domain, file_path, check=True, timeout=timeout)
+
+
+def restore(file_path: str, timeout: float) -> None:
+    """Start the domain whose XML the save file's header carries, running (`virsh restore
+    --running`); a persistent domain of that name and UUID takes the restored state."""
+    virsh("restore", file_path, "--running", check=True, timeout=timeout)
+
+
+def stop(domain: str) -> None:
+    """Power the domain off at once if it runs (`virsh destroy`; its definition stays)."""
+    if domain_state(domain) not in ("shut off", "not created"):
+        virsh("destroy", domain)
+
+
+def domain_uuid(domain: str) -> str | None:
+    """The domain's UUID, or None when there is no such domain."""
+    result = virsh("domuuid", domain)
+    return result.stdout.strip() if result.returncode == 0 else None
+

@@ -1,9 +1,17 @@
-"""Build a target's base box and keep it in the XDG cache, keyed by a hash of all its inputs.
+"""Build what a lab starts from, and say whether it is cached.
 
-Debian targets: mmdebstrap a root filesystem from the mirror, make a disk without loop mounts
-(sfdisk + mkfs.ext4 -d), let Packer boot it (direct kernel, TCG when KVM is unusable), install
-GRUB and package a libvirt box. Trusty: Packer from the Ubuntu ISO. A build happens in a temp
-directory renamed into place when complete, so an interrupted build leaves no half box behind.
+Debian targets, in layers (each cached by the hash of everything it reads):
+1. the base image of the target and its package set (the target's packages plus the scenario's
+   for that target): mmdebstrap, mkfs.ext4 -d, the kernel and initrd next to it; no VM boots
+   (lab.images.base), kept in $XDG_CACHE_HOME/cgroup-lab/images/;
+2. on the lab's libvirt host: that image booted once and its running state saved
+   (lab.images.vm), shared by every scenario with the same packages;
+3. the scenario's layer: its users and provisioning scripts run into an overlay, started from the
+   base's state (no boot), and that running state saved (lab.images.layer): what every lab of the
+   scenario and target starts from in a few seconds.
+
+Trusty: Packer from the Ubuntu 14.04 ISO (lab.images.trusty), a Vagrant box in
+$XDG_CACHE_HOME/cgroup-lab/boxes/, provisioned by Vagrant at lab.up.
 """
 
 from __future__ import annotations
@@ -12,87 +20,144 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config.settings import Settings
-from lab.config.targets import Target
-from lab.core import console
-from lab.core.errors import LabError, TestbedError
-from lab.core.files import write_files
+from lab.core import console, paths
+from lab.core.errors import LabError
 from lab.core.paths import PROJECT_DIR, cache_dir
-from lab.host import accel, proc, tools
+from lab.host import accel, libvirt, storage, tools
 from lab.host.probes import url_answers
-from lab.images.common import free_port, vagrant_insecure_keys
-from lab.images.trusty import build_trusty
+from lab.host.providers import resolve_provider
+from lab.images import base, layer, vm
+from lab.images.base import remove_build_dir
+from lab.images.common import vagrant_insecure_keys
+from lab.images.trusty import build_trusty, kernel_stage_scripts
 from lab.render.lab import box_facts, box_provisioned, provision_plan, render_script
-from lab.render.templates import environment
 
-RECIPE_VERSION = "3"  # bump when the build steps change in a way the hashed inputs do not show
-DISK_SIZE_MB = 4096
-DEBIAN_BUILD_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.ext4", "qemu-img", "packer", "qemu-system-x86_64")
+RECIPE_VERSION = "4"  # the trusty box's recipe: bump when its build steps change unseen by its inputs
 
 
 @dataclass(frozen=True)
 class Box:
-    """A built box in the cache: its file, the name Vagrant knows it by, and its input hash."""
+    """A built Vagrant box in the cache (trusty): its file, the name Vagrant knows it by, its key."""
 
     path: Path
     name: str
     key: str
 
 
-def _template(name: str, **ctx: object) -> str:
-    return environment().get_template(name).render(ctx)
-
-
 def box_packages(settings: Settings) -> tuple[str, ...]:
-    """The target's base packages and the scenario's for that target, sorted: one box per set."""
+    """The target's base packages and the scenario's for that target, sorted: one base image per set."""
     target = settings.target_data
     return tuple(sorted({*target.packages, *settings.scenario_data.packages(target.name)}))
 
 
-def box_provision_scripts(settings: Settings) -> dict[str, str]:
-    """{file name: text} of the provisioning scripts lab.build runs into the box, in order (empty
-    when the lab provisions at up): rendered with box_facts, so nothing in them is per lab."""
-    if not box_provisioned(settings):
-        return {}
+def layer_scripts(settings: Settings) -> list[layer.Script]:
+    """The provisioning scripts a layer runs, in order: the target's (users) and the scenario's,
+    rendered with box_facts (nothing per lab in them), each named the way the user knows it."""
     facts = box_facts(settings)
-    return {script.name.replace("/", "-"): render_script(settings, facts, script)
-            for _, _, scripts in provision_plan(settings) for script in scripts}
+    scenario = settings.scenario_data
+    scripts = []
+    for _, _, stage in provision_plan(settings):
+        for script in stage:
+            if script.source == "scenario":
+                label = f"`{script.template}` of scenario {scenario.id}"
+                source: Path | None = scenario.folder / script.template
+            else:
+                label = f"the engine's `{script.template.removesuffix('.j2')}` (the users of scenario {scenario.id})"
+                source = None
+            scripts.append(layer.Script(name=Path(script.name).name, text=render_script(settings, facts, script),
+                                        label=label, source=source))
+    return scripts
 
+
+def layer_users(settings: Settings) -> tuple[str, ...]:
+    """Who may log in with a lab's key: the scenario's admin, then its ssh_login users."""
+    users = settings.scenario_data.model.users
+    return tuple(dict.fromkeys([users.admin, *users.ssh_login]))
+
+
+def base_for(settings: Settings) -> base.BaseImage:
+    return base.base_image(settings.target_data, box_packages(settings), settings.debian_mirror)
+
+
+def shape_for(settings: Settings) -> vm.MachineShape:
+    """The machine the lab's images run on, on the current libvirt host (asks it its hypervisor)."""
+    return vm.MachineShape(cpus=settings.cpus, memory=settings.memory,
+                           driver=accel.libvirt_driver(libvirt.current().access), hypervisor=vm.hypervisor())
+
+
+def layer_for(settings: Settings) -> layer.Layer:
+    """The scenario's layer on the current libvirt host (computed, not built)."""
+    host_base = vm.host_base(base_for(settings), shape_for(settings))
+    return layer.layer_for(host_base, settings.scenario_data.id, settings.target, layer_scripts(settings),
+                           layer_users(settings))
+
+
+def uses_layers(settings: Settings) -> bool:
+    """Labs of this target start from a saved layer state (our Debian images on libvirt)."""
+    return box_provisioned(settings) and resolve_provider(settings) == "libvirt"
+
+
+def build(settings: Settings, force: bool = False, verbose: bool = False,
+          keep_failing: bool = False) -> layer.Layer | Box:
+    """Build what the lab starts from unless it is cached; return it either way. Debian targets:
+    the base image, its saved state on the lab's libvirt host, the scenario's layer (a Layer).
+    Trusty: the Vagrant box (a Box). Raises layer.ProvisionFailed (exit 2) for a failing
+    scenario script, TestbedError (exit 3) for the machinery."""
+    if not uses_layers(settings):
+        return build_box(settings, force, verbose)
+    libvirt.use(settings)
+    target = settings.target_data
+    tools.require(*base.TOOLS, "virsh")
+    libvirt.ensure_daemons()
+    libvirt.ensure_pool()
+    image = base.build(target, box_packages(settings), settings.debian_mirror, settings.build_timeout,
+                       verbose=verbose, force=force)
+    shape = shape_for(settings)
+    host_base = vm.host_base(image, shape)
+    lab_dir = paths.lab_dir(settings.name)
+    scripts = layer_scripts(settings)
+    lay = layer.layer_for(host_base, settings.scenario_data.id, target.name, scripts, layer_users(settings))
+    if force:
+        for volume in (lay.state_volume, lay.disk_volume, host_base.state_volume, host_base.disk_volume):
+            storage.delete(volume)
+    cached = layer.ready(lay)
+    if cached:
+        layer.remove_kept(lab_dir.root)
+        console.info(f"[green]✓[/] {settings.scenario_data.id} on {target.name} is cached: layer {lay.key} on "
+                     f"base {image.key} (use --force to rebuild)")
+        return lay
+    owner = libvirt.owner_mark(lab_dir.root)
+    vm.ensure_host_base(host_base, description=f"cgroup-lab image {host_base.prefix}",
+                        boot_timeout=settings.boot_timeout, quiet_timeout=settings.boot_quiet_timeout,
+                        upload_timeout=settings.build_timeout, verbose=verbose)
+    layer.build(lay, scripts, lab_root=lab_dir.root, owner=owner, boot_timeout=settings.boot_timeout,
+                command_timeout=settings.build_timeout, keep_failing=keep_failing, verbose=verbose)
+    console.info(f"[green]✓[/] layer {lay.key} of {settings.scenario_data.id} on {target.name} built "
+                 f"(base {image.key})")
+    return lay
+
+
+# --- trusty: a Vagrant box from the ISO ----------------------------------------------------------
 
 def build_inputs(settings: Settings) -> dict[str, str]:
-    """Everything that goes into the box (target, package set, mirror, build and provisioning
-    scripts, the scenario's users); its hash is the cache key, so labs of one scenario and target
-    share a box, and so do scenarios whose packages and provisioning are the same."""
+    """Everything the trusty box build reads: the recipe, the target, the provider it is built
+    for, the ISO, the Packer template, the rendered kernel-stage scripts, the machine's size and
+    Vagrant's public key (baked in). Its hash is the box's key."""
     target = settings.target_data
-    if target.box_builder != "mmdebstrap":
-        packer_file = PROJECT_DIR / "packer" / f"{target.family}.pkr.hcl"
-        return {"recipe": RECIPE_VERSION, "target": target.name,
-                "packer": packer_file.read_text(encoding="utf-8") if packer_file.exists() else ""}
+    packer_file = PROJECT_DIR / "packer" / f"{target.family}.pkr.hcl"
     _, public = vagrant_insecure_keys()
-    ctx = {"t": target, "s": settings, "root_uuid": root_uuid(target), "vagrant_pub": public.read_text().strip()}
     return {
-        "recipe": RECIPE_VERSION,
-        "target": target.name,
-        "mirror": settings.debian_mirror,
-        "packages": " ".join(box_packages(settings)),
-        "cmdline": target.kernel_cmdline,
-        "rootfs_hook": _template("packer/debian-rootfs.sh.j2", **ctx),
-        "box_script": _template("packer/debian-box.sh.j2", **ctx),
-        "seal_script": _template("packer/debian-seal.sh.j2", **ctx),
-        "provision": "".join(f"# {name}\n{text}" for name, text in box_provision_scripts(settings).items()),
-        "packer": (PROJECT_DIR / "packer" / "debian.pkr.hcl").read_text(encoding="utf-8"),
+        "recipe": RECIPE_VERSION, "target": target.name, "provider": resolve_provider(settings),
+        "iso_url": settings.iso_url, "cpus": str(settings.cpus), "memory": str(settings.memory),
+        "packer": packer_file.read_text(encoding="utf-8") if packer_file.exists() else "",
+        "scripts": "".join(f"# {name}\n{text}" for name, text in kernel_stage_scripts(settings)),
+        "vagrant_pub": public.read_text().strip(),
     }
-
-
-def root_uuid(target: Target) -> str:
-    """A stable filesystem UUID per target, so fstab can name the root without probing."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cgroup-lab:{target.name}"))
 
 
 def box_key(inputs: dict[str, str]) -> str:
@@ -107,15 +172,15 @@ def boxes_dir() -> Path:
 
 
 def cached_box(settings: Settings) -> Box:
-    """Where this target's box lives (or would live) in the cache."""
+    """Where the target's Vagrant box lives (or would live) in the cache."""
     key = box_key(build_inputs(settings))
     target = settings.target_data
     path = boxes_dir() / f"{target.name}-{key}" / f"{target.name}.box"
     return Box(path=path, name=f"cgroup-lab/{target.name}-{key}", key=key)
 
 
-def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box:
-    """Build the target's box unless the cache already has it; return it either way."""
+def build_box(settings: Settings, force: bool = False, verbose: bool = False) -> Box:
+    """Build the trusty box unless the cache already has it; return it either way."""
     target = settings.target_data
     box = cached_box(settings)
     if box.path.is_file() and not force:
@@ -123,17 +188,14 @@ def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box
                      "nothing to build (use --force to rebuild)")
         return box
     if target.box_builder == "mmdebstrap":
-        tools.require(*DEBIAN_BUILD_TOOLS)
-    else:
-        tools.require("packer")
-        _check_iso_reachable(settings)
+        raise LabError(f"target {target.name} builds images for libvirt only",
+                       hint="use provider libvirt, or name a box: box = '/path/to.box'")
+    tools.require("packer")
+    _check_iso_reachable(settings)
     boxes_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-{box.key}-", dir=boxes_dir()))
     try:
-        if target.box_builder == "mmdebstrap":
-            built = _build_debian(settings, work, verbose)
-        else:
-            built = _build_iso(settings, work, verbose)
+        built = build_trusty(settings, work, verbose)
         final_dir = box.path.parent
         staged = work / "final"
         staged.mkdir()
@@ -148,90 +210,6 @@ def build(settings: Settings, force: bool = False, verbose: bool = False) -> Box
     return box
 
 
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path (mmdebstrap mounts /proc, /sys, /dev inside the root)."""
-    prefix = str(path.resolve())
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mount_point = line.split()[4].replace("\\040", " ")
-        if mount_point == prefix or mount_point.startswith(prefix + "/"):
-            found.append(mount_point)
-    return found
-
-
-def remove_build_dir(work: Path) -> None:
-    """Delete an unfinished build, never following into a mount left behind (it could be /dev)."""
-    for mount_point in sorted(mounts_under(work), reverse=True):
-        subprocess.run(["umount", "--lazy", mount_point], check=False, timeout=30)
-    left = mounts_under(work)
-    if left:
-        console.error(f"not deleting {work}: still mounted: {', '.join(left)}; unmount them, then delete it")
-        return
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
-    target = settings.target_data
-    inputs = build_inputs(settings)
-    provision = box_provision_scripts(settings)
-    write_files(work, {"rootfs-hook.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"],
-                       "seal.sh": inputs["seal_script"], **{f"provision/{k}": v for k, v in provision.items()}})
-    rootfs = work / "rootfs"
-    timeout = settings.build_timeout
-    with console.step(f"mmdebstrap {target.release} from {settings.debian_mirror}",
-                      "the packages to download and unpack (~1 min)", verbose) as out:
-        proc.run(["mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(box_packages(settings)),
-                  f"--customize-hook={work / 'rootfs-hook.sh'}", target.release, str(rootfs),
-                  settings.debian_mirror],
-                 step="mmdebstrap", timeout=timeout, waiting_for="mmdebstrap", on_line=out)
-    boot = rootfs / "boot"
-    kernels = sorted(boot.glob("vmlinuz-*"))
-    initrds = sorted(boot.glob("initrd.img-*"))
-    if not kernels or not initrds:
-        raise TestbedError(f"mmdebstrap produced no kernel/initrd in {boot}",
-                           hint=f"is {target.kernel_package} installed?")
-    shutil.copy2(kernels[-1], work / "vmlinuz")
-    shutil.copy2(initrds[-1], work / "initrd.img")
-    raw, disk = work / "disk.raw", work / "disk.qcow2"
-    with console.step("making the disk image (sfdisk + mkfs.ext4 -d, no loop mounts)", "mkfs (~10 s)", verbose) as out:
-        with raw.open("wb") as fh:
-            fh.truncate(DISK_SIZE_MB << 20)
-        proc.run(["sfdisk", "-q", str(raw)], step="sfdisk", timeout=60, input_text="start=2048, type=83, bootable\n",
-                 on_line=out)
-        proc.run(["mkfs.ext4", "-F", "-q", "-U", root_uuid(target), "-E", "offset=1048576", "-d", str(rootfs),
-                  str(raw), f"{DISK_SIZE_MB * 1024 - 1024}k"], step="mkfs.ext4", timeout=600, on_line=out)
-        shutil.rmtree(rootfs)
-        proc.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], step="qemu-img convert",
-                 timeout=600, on_line=out)
-        raw.unlink()
-    private, _ = vagrant_insecure_keys()
-    key_copy = work / "vagrant-insecure-key"
-    shutil.copy2(private, key_copy)
-    key_copy.chmod(0o600)
-    box_out = work / "out.box"
-    variables = {
-        "disk_image": str(disk), "kernel": str(work / "vmlinuz"), "initrd": str(work / "initrd.img"),
-        "cmdline": f"root=UUID={root_uuid(target)} ro {target.kernel_cmdline}",
-        "output_directory": str(work / "packer-out"), "box_output": str(box_out),
-        "ssh_private_key_file": str(key_copy), "ssh_port": free_port(), "serial_log": str(work / "serial.log"),
-        "scripts": [str(work / "box.sh"), *(str(work / "provision" / k) for k in provision), str(work / "seal.sh")],
-        "accelerator": accel.packer_accelerator(),
-        "cpus": settings.cpus, "memory": settings.memory,
-    }
-    var_file = work / "vars.json"
-    var_file.write_text(json.dumps(variables, indent=1))
-    env = {**os.environ, "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
-    what = f"provision {settings.scenario_data.id}, " if provision else ""
-    with console.step(f"packer build ({variables['accelerator']}): boot, install GRUB, {what}package the libvirt box",
-                      "the VM to boot, SSH, provisioning and packaging (~1-3 min on TCG)", verbose) as out:
-        proc.run(["packer", "build", "-color=false", "-var-file", str(var_file),
-                  str(PROJECT_DIR / "packer" / "debian.pkr.hcl")],
-                 step="packer build", timeout=timeout, waiting_for="packer", env=env, cwd=work, on_line=out)
-    if not box_out.is_file():
-        raise TestbedError(f"packer finished but wrote no box at {box_out}")
-    return box_out
-
-
 def _check_iso_reachable(settings: Settings) -> None:
     ok, detail = url_answers(settings.iso_url)
     if not ok:
@@ -241,8 +219,3 @@ def _check_iso_reachable(settings: Settings) -> None:
             hint="use a local box instead: set box = '/path/to/trusty.box' in lab.toml, "
                  "or try target = 'bookworm' which builds from Debian's mirror",
         )
-
-
-def _build_iso(settings: Settings, work: Path, verbose: bool) -> Path:
-
-    return build_trusty(settings, work, verbose)

@@ -23,15 +23,22 @@ def packer_source(provider: str) -> str:
     return "virtualbox-iso.trusty" if provider == "virtualbox" else "qemu.trusty"
 
 
-def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
+def kernel_stage_scripts(settings: Settings) -> list[tuple[str, str]]:
+    """[(file name, rendered text)] of the kernel stage Packer runs into the trusty box, in order."""
     provider = resolve_provider(settings)
-    facts = LabFacts(provider=provider, libvirt_driver=accel.libvirt_driver(), box_name="", box_url="",
+    facts = LabFacts(provider=provider, libvirt_driver="qemu", box_name="", box_url="",
                      public_key="", network_octet=default_network_octet(settings.name))
     _, _, kernel_stage = provision_plan(settings)[0]
+    return [(f"{i:02d}-{Path(script.name).name.split('-', 2)[-1]}", render_script(settings, facts, script))
+            for i, script in enumerate(kernel_stage, start=1)]
+
+
+def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
+    provider = resolve_provider(settings)
     scripts = []
-    for i, script in enumerate(kernel_stage, start=1):
-        path = work / f"{i:02d}-{Path(script.name).name.split('-', 2)[-1]}"
-        path.write_text(render_script(settings, facts, script), encoding="utf-8")
+    for name, text in kernel_stage_scripts(settings):
+        path = work / name
+        path.write_text(text, encoding="utf-8")
         path.chmod(0o755)
         scripts.append(str(path))
     _, public = vagrant_insecure_keys()

@@ -24,8 +24,8 @@ class LabFacts:
     public_key: str
     network_octet: int
     owner: str = ""  # the owner mark written into the domain's description (host.libvirt.owner_mark)
-    # True when lab.build ran the provisioning into the box (our own Debian boxes): lab.up then only
-    # boots it and hands the lab's key and hostname over QEMU's firmware config (fw_cfg).
+    # True when lab.build ran the provisioning into the image (our own Debian images): lab.up then
+    # starts the VM from the image's saved state and hands it the lab's identity (lab.images).
     box_provisioned: bool = False
     private_key_path: str = ""  # the lab's private key, for Vagrant's own SSH when box_provisioned
     libvirt_uri: str = "qemu:///system"  # the URI vagrant-libvirt connects to (host.libvirt.Host.libvirt_uri)
@@ -61,13 +61,6 @@ def box_facts(settings: Settings) -> LabFacts:
     target share the box."""
     return LabFacts(provider="libvirt", libvirt_driver="qemu", box_name="", box_url="", public_key="",
                     network_octet=0, owner="", box_provisioned=True)
-
-
-def fw_cfg_entry(name: str, value: str) -> str:
-    """A QEMU -fw_cfg argument that hands value to the guest at /sys/firmware/qemu_fw_cfg/by_name/
-    opt/cgroup-lab/<name>/raw (docs/specs/fw_cfg.rst in QEMU: names under opt/ are for users; a
-    comma in an option value is written twice)."""
-    return f"name=opt/cgroup-lab/{name},string={value.replace(',', ',,')}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +102,6 @@ def context(settings: Settings, facts: LabFacts) -> dict[str, Any]:
     stages = [{"stage": stage, "reboot": reboot, "scripts": [{"name": s.name, "id": s.id} for s in scripts]}
               for stage, reboot, scripts in provision_plan(settings)]
     return {"s": settings, "t": target, "target": target, "lab": facts, "name": settings.name, "stages": stages,
-            "fw_cfg": fw_cfg_entry,
             "scenario": scenario.model, "admin": scenario.model.users.admin, "users": scenario.model.users,
             "vars": scenario.vars_for(target.name), "packages": scenario.packages(target.name)}
 

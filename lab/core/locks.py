@@ -1,0 +1,47 @@
+"""Host-wide locks (flock on files in the cache directory): one lab at a time picks its network's
+/24, and one build at a time makes a given image, however many labs (lab.matrix --jobs, two
+checkouts) want them at once."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lab.core.errors import TestbedError
+from lab.core.paths import cache_dir
+
+
+@contextmanager
+def held(name: str, timeout: float, what: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the lock `name` (a file under $XDG_CACHE_HOME/cgroup-lab/locks/) for the block; waits
+    at most timeout seconds for another holder (on_wait is called once when it has to wait), then
+    raises TestbedError naming `what`."""
+    path = lock_path(name)
+    with path.open("a") as fh:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{what}: another command held {path} for {timeout:.0f}s",
+                                       hint="is another lab.up or lab.build hung? see: ps") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_path(name: str) -> Path:
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,62 @@
+"""Hand a VM that was restored from an image's saved state its own identity, through the QEMU guest
+agent: the clock, the SSH key that may log in, a new SSH host key made in the guest, the hostname
+and the address in its own network (templates/images/identity.sh.j2).
+
+The guest makes its host key itself and prints the public half on the agent's channel, which runs
+through libvirt, not the network: the tool pins that key in the VM's known_hosts before the first
+SSH connection (no trust on first use), and no private key ever leaves the guest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.errors import TestbedError
+from lab.host import agent
+from lab.render.templates import environment
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a VM becomes: hostname, the public key that may log in (one line), its IPv4 address
+    and gateway in a /24, and whether its default route goes through the gateway (an image
+    build's network forwards to the outside; a lab's is isolated)."""
+
+    hostname: str
+    public_key: str
+    address: str
+    gateway: str
+    route: bool = False
+
+
+def script(identity: Identity, now: float | None = None) -> str:
+    """The handover script for the guest (POSIX sh, run as root)."""
+    at = now if now is not None else time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
+    return environment().get_template("images/identity.sh.j2").render(
+        now=stamp, public_key=identity.public_key, hostname=identity.hostname, address=identity.address,
+        gateway=identity.gateway, route=identity.route)
+
+
+def hand_over(domain: str, identity: Identity, timeout: float) -> str:
+    """Run the handover in the restored VM `domain`; returns its new SSH host key ("ssh-ed25519
+    AAAA... hostname"). Raises TestbedError with the guest's words when a step fails."""
+    agent.wait_ready(domain, timeout=timeout, what="the restored VM's guest agent")
+    result = agent.run(domain, script(identity), timeout=timeout)
+    keys = [line.removeprefix("host-key ").strip() for line in result.stdout.splitlines()
+            if line.startswith("host-key ")]
+    if result.failed or not keys:
+        raise TestbedError(f"handing {domain} its identity failed (exit {result.exit_code}): "
+                           f"{(result.stderr or result.stdout).strip()[-300:] or 'no output'}",
+                           hint="the image may be damaged: invoke lab.build --force")
+    return keys[-1]
+
+
+def pin(known_hosts: Path, address: str, host_key: str) -> None:
+    """Write known_hosts with exactly this address's key (from the agent's channel)."""
+    fields = host_key.split()
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts.write_text(f"{address} {fields[0]} {fields[1]}\n", encoding="utf-8")
+    known_hosts.chmod(0o600)
