@@ -150,22 +150,26 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
                               "list_fixes": "list the scenario's fixes on the lab's target",
                               "step": "pause before each try (Enter or space goes on, q stops and restores)",
                               "from": "start at this fix, after the evidence (a demo resumed)",
-                              "keep_failing": "stop at the first unmet expectation, the fix left applied"})
+                              "keep_failing": "stop at the first unmet expectation, left as it failed",
+                              "isolation": "snapshot (every try from the baseline snapshot) or teardown (the "
+                                           "scenario's teardown and reverts between tries); default: the scenario's"})
 @guarded
 def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None,
-           keep_failing=False):
+           keep_failing=False, isolation=None):
     """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
     from lab.report import write_reports
-    from lab.run import engine
+    from lab.run import verify as v
+    from lab.run.verdict import verdict
 
     s = _existing(target, name, scenario)
     if list_fixes:
         console.info(f"[bold]{s.scenario_data.id}[/] on {s.target} — fixes (expected outcome):")
-        for fix_id, title, expected in engine.list_fixes(s):
+        for fix_id, title, expected in v.list_fixes(s):
             console.info(f"  [cyan]{fix_id:<14}[/] {title}  [dim]→ {expected}[/]")
         return
-    if not engine.run(s, only=tuple(fix or ()), step_mode=step, publish=write_reports, start_from=from_ or "",
-                      keep_failing=keep_failing):
+    rec = v.verify(s, only=tuple(fix or ()), step_mode=step, publish=write_reports, start_from=from_ or "",
+                   keep_failing=keep_failing, isolation=isolation or "")
+    if not verdict(rec).ok:
         raise Exit(code=1)
 
 

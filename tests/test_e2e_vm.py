@@ -169,7 +169,7 @@ def test_verify_shows_the_measured_matrix(bookworm_lab: tuple[Path, str]) -> Non
     assert record["scenario"]["id"] == "sudo-lxc-cgroups"
     assert record["evidence"][0]["holds"] is True
     assert "session-" in record["evidence"][0]["columns"][0]["output"]
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == HYBRID
     assert record["restored"] is True
     for step in record["steps"]:
@@ -194,7 +194,7 @@ def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str
     result = invoke(workdir, "lab.verify", "--fix", "cgm", timeout=900)
     assert result.returncode == 0
     record = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json").read_text())
-    assert [f["id"] for f in record["fixes"]] == ["cgm"]
+    assert [f["id"] for f in record["tries"] if f["kind"] == "fix"] == ["cgm"]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tu
     result = invoke(workdir, "lab.verify", "--name", second, timeout=1200)
     assert result.returncode == 0
     record = json.loads((workdir / ".lab" / second / "reports" / "latest" / "verify.json").read_text())
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == UNIFIED
     assert invoke(workdir, "lab.destroy", "--name", second, timeout=600).returncode == 0
     assert leftovers(second) == []
@@ -472,7 +472,7 @@ def test_sudo_systemctl_user_scenario(workdir: Path, target: str) -> None:
     """The same outcomes on systemd 252 and 257; only the error's wording differs (both signatures)."""
     record = up_verify_destroy(workdir, f"e2e-systemctl-{target}", "--scenario", "sudo-systemctl-user",
                                "--target", target)
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == SYSTEMCTL
     assert record["ok"] is True and record["exit_code"] == 0
     assert record["evidence"][0]["holds"] is True, "sudo's environment must lack XDG_RUNTIME_DIR"
@@ -487,7 +487,7 @@ def test_a_scenario_folder_outside_the_project_verifies(workdir: Path, tmp_path:
     # bookworm-unified: the box of the systemctl scenario serves (same package set), no extra build
     record = up_verify_destroy(tmp_path, "e2e-scaffold", "--scenario", str(folder), "--target", "bookworm-unified")
     assert record["exit_code"] == 0 and record["ok"] is True
-    assert {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]} == {
+    assert {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"} == {
         "baseline": "in-admin-session", "ssh-login": "own-slice"}
     assert git_state() == before
 
@@ -503,7 +503,7 @@ def test_sudo_rootless_podman_scenario(workdir: Path, target: str) -> None:
     """podman 4.3 (Debian 12) and 5.4 (Debian 13) alike."""
     record = up_verify_destroy(workdir, f"e2e-podman-{target}", "--scenario", "sudo-rootless-podman",
                                "--target", target)
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"], record["baseline_restored"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"]}
     assert observed == PODMAN
     assert record["ok"] is True and record["exit_code"] == 0
-    assert "no systemd user session available" in record["baseline"]["signature_matched"][0]
+    assert "no systemd user session available" in record["tries"][0]["signature_matched"][0]

@@ -164,6 +164,8 @@ class ScenarioModel(Strict):
     provision: list[Provision] = []
     evidence: list[Evidence] = []
     teardown: str = ""
+    # how tries are kept apart: every try from the baseline snapshot, or the teardown between tries
+    isolation: Literal["snapshot", "teardown"] = "snapshot"
     outcomes: dict[str, OutcomeDef] = Field(min_length=1)
     observe: Observe
     baseline: Baseline
