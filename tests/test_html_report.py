@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from lab.core import paths
 from lab.report import cast, fix_rows, html, redact, renderers, write_reports
 
 FIXTURE = Path(__file__).parent / "fixtures" / "verify-bookworm.json"
@@ -33,7 +32,7 @@ MATRIX = [  # fix, expected, observed, verdict: what the fixture's run found
     ("systemd-run", "failing", "failing", "✓ still fails, as measured for this target"),
     ("baseline-restored", "failing", "failing", "✓ fails, as the bug predicts (reproduced)"),
 ]
-ARTIFACT = paths.PROJECT_DIR / ".artifacts" / "html-report.png"
+ARTIFACT = Path(__file__).resolve().parent.parent / ".artifacts" / "html-report.png"
 LOADING_TAGS = {"script": "src", "link": "href", "img": "src", "iframe": "src", "audio": "src", "video": "src",
                 "source": "src", "embed": "src", "object": "data", "track": "src", "image": "href", "use": "href"}
 

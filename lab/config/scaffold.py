@@ -8,9 +8,7 @@ from pathlib import Path
 
 from lab.config.scenario import ID, SCENARIO_FILE
 from lab.core.errors import LabError
-from lab.core.paths import PROJECT_DIR
-
-SCAFFOLD_DIR = PROJECT_DIR / "templates" / "scaffold"
+from lab.core.resources import SCAFFOLD_DIR
 
 
 def scenario_id(folder: Path) -> str:
