@@ -24,7 +24,8 @@ fi
 if [ -e /dev/kvm ] && [ ! -e /run/udev/control ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The versions the suite passed with (constraints.txt); the project itself editable, with its test tools.
+python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 # report.html inlines the asciinema player, pinned in vendor/npm/package-lock.json (node_modules is not committed).
 if [ ! vendor/npm/node_modules/.package-lock.json -nt vendor/npm/package-lock.json ]; then
   echo "setup: installing the asciinema player (npm ci in vendor/npm)"
