@@ -1,19 +1,17 @@
-"""invoke tasks: a thin shell over lab/. Parse flags, call one function, turn a LabError into one
-red line and its exit code (README, "Exit codes")."""
+"""The lab's tasks: a thin shell over lab/. Parse flags, call one function, turn a LabError into one
+red line and its exit code (README, "Exit codes"). One collection, run two ways: `invoke lab.up` in a
+checkout (tasks/__init__.py re-exports `ns`) and the installed `cgroup-lab up` (lab.cli.main)."""
 
 from __future__ import annotations
 
 import functools
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Task, task
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab.core import console
 from lab.core.errors import LabError

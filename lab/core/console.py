@@ -24,8 +24,8 @@ from rich.markup import escape
 TASKS = ("render", "doctor", "build", "up", "verify", "reset", "bench", "status", "ssh", "destroy", "report",
          "scenarios", "check", "new", "matrix", "list")
 _TASK = "(?:" + "|".join(TASKS) + ")"
-_INVOKE_RUN = re.compile(rf"\binvoke ((?:lab\.{_TASK}\b ?)+)")  # invoke lab.destroy lab.up
 _TASK_NAME = re.compile(rf"(?<![\w./-])lab\.({_TASK})\b(?![\w.-])")  # lab.verify, not lab.toml or .lab/x
+_INVOKE_LINE = re.compile(r"\binvoke ([^\n;,()]*)")  # one command line: invoke lab.up --target T lab.verify
 _program = "invoke"
 
 
@@ -40,7 +40,7 @@ def as_typed(text: str) -> str:
     (unchanged under invoke)."""
     if _program == "invoke":
         return text
-    text = _INVOKE_RUN.sub(lambda m: f"{_program} {m.group(1).replace('lab.', '')}", text)
+    text = _INVOKE_LINE.sub(lambda m: _program + " " + _TASK_NAME.sub(r"\1", m.group(1)), text)
     return _TASK_NAME.sub(lambda m: f"{_program} {m.group(1)}", text)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # lab/
-DATA_DIR = PACKAGE_DIR.parent  # where scenarios/, templates/, packer/ and Vagrantfile.j2 are
+DATA_DIR = PACKAGE_DIR / "data"  # scenarios/, templates/, packer/, Vagrantfile.j2, player/
 
 SCENARIOS_DIR = DATA_DIR / "scenarios"  # one folder per shipped scenario
 TEMPLATES_DIR = DATA_DIR / "templates"  # the engine's jinja2 templates
@@ -23,7 +23,7 @@ PACKER_DIR = DATA_DIR / "packer"  # Packer templates (*.pkr.hcl) and the trusty 
 VAGRANTFILE_TEMPLATE = DATA_DIR / "Vagrantfile.j2"
 # The asciinema player inlined into report.html: an npm project whose node_modules `setup.sh`
 # installs (npm ci); a wheel built after that carries the player's bundle and licence.
-PLAYER_PACKAGE = DATA_DIR / "vendor" / "npm"
+PLAYER_PACKAGE = DATA_DIR / "player"
 PLAYER_BUNDLE = PLAYER_PACKAGE / "node_modules" / "asciinema-player" / "dist" / "bundle"
 
 
