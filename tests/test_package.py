@@ -151,6 +151,7 @@ def test_new_check_render_from_a_bug_folder(installed: Installed, outside: Path)
     assert (outside / "my-bug" / "scenario.toml").is_file()
     assert f"cgroup-lab check --scenario {outside / 'my-bug'}" in made.stdout  # the hint as the user types it
     assert "invoke" not in made.stdout
+    assert "`cgroup-lab check --scenario THIS_FOLDER`" in (outside / "my-bug" / "scenario.toml").read_text()
     checked = installed(outside, "check", "--scenario", "my-bug")
     assert checked.returncode == 0, checked.stderr
     assert "scenario my-bug" in checked.stdout and "is fine on bookworm, bookworm-unified" in checked.stdout
@@ -189,6 +190,20 @@ def test_settings_and_errors_from_the_directory(installed: Installed, outside: P
     assert not (outside / ".lab").exists()
 
 
+def test_messages_name_the_tasks_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under cgroup-lab, `invoke lab.X ... lab.Y` and a bare lab.X read as the user types them; other
+    text (lab.toml, .lab/, a path with lab. in it) is left alone; under invoke nothing changes."""
+    from lab.core import console
+
+    text = ("next: invoke lab.verify (or lab.reset for the baseline); start over: invoke lab.destroy lab.up; "
+            "invoke lab.up --scenario /x/lab.up/y --target bookworm lab.verify\nsee lab.toml and .lab/x; lab.verifying")
+    assert console.as_typed(text) == text
+    monkeypatch.setattr(console, "_program", "cgroup-lab")
+    assert console.as_typed(text) == (
+        "next: cgroup-lab verify (or cgroup-lab reset for the baseline); start over: cgroup-lab destroy up; "
+        "cgroup-lab up --scenario /x/lab.up/y --target bookworm verify\nsee lab.toml and .lab/x; lab.verifying")
+
+
 # --- vm: labs brought up and verified by the installed command ---
 
 
@@ -204,29 +219,46 @@ def leftovers(name: str) -> list[str]:
 
 @pytest.mark.vm
 def test_up_verify_list_with_the_installed_command(installed: Installed, outside: Path) -> None:
-    """From a bug folder outside the checkout: the seed scenario and a `cgroup-lab new` scenario, each
-    brought up on bookworm-unified and verified; `list` shows both labs running, verified and met.
-    Both labs are destroyed in a finally (two VMs at once: run under vm-slot -n 2)."""
+    """From a bug folder outside the checkout: the seed scenario, then a `cgroup-lab new` scenario,
+    each brought up on bookworm-unified and verified. `list` shows the seed's lab running, then, after
+    its destroy and the second lab's verify, both labs: the first not created (libvirt's answer) and
+    absent, the second running; both verified with their verdict met. One VM at a time; every lab is
+    destroyed in a finally."""
     tag = uuid.uuid4().hex[:6]
     seed, mine = f"pkg-seed-{tag}", f"pkg-bug-{tag}"
+
+    def up_and_verify(name: str, scenario: str) -> None:
+        up = installed(outside, "up", "--target", "bookworm-unified", "--scenario", scenario, "--name", name,
+                       timeout=3000)
+        assert up.returncode == 0, up.stderr
+        assert "next: cgroup-lab verify" in up.stdout
+        verified = installed(outside, "verify", "--name", name, timeout=1800)
+        assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr
+        assert (outside / ".lab" / name / "reports" / "latest" / "verify.json").is_file()
+
+    def listed() -> dict[str, dict]:
+        result = installed(outside, "list", "--json")
+        assert result.returncode == 0, result.stderr
+        return {row["name"]: row for row in json.loads(result.stdout)}
+
     try:
         assert installed(outside, "new", "my-bug").returncode == 0
-        for name, scenario in ((seed, "sudo-lxc-cgroups"), (mine, "./my-bug")):
-            up = installed(outside, "up", "--target", "bookworm-unified", "--scenario", scenario, "--name", name,
-                           timeout=3000)
-            assert up.returncode == 0, up.stderr
-            assert "next: cgroup-lab verify" in up.stdout
-            verified = installed(outside, "verify", "--name", name, timeout=1800)
-            assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr
-            assert (outside / ".lab" / name / "reports" / "latest" / "verify.json").is_file()
-        listed = installed(outside, "list", "--json")
-        assert listed.returncode == 0, listed.stderr
-        rows = {row["name"]: row for row in json.loads(listed.stdout)}
+        up_and_verify(seed, "sudo-lxc-cgroups")
+        first = listed()
+        assert list(first) == [seed]
+        assert (first[seed]["domain"], first[seed]["verdict"]) == ("running", "met")
+        destroyed = installed(outside, "destroy", "--name", seed, timeout=600)
+        assert destroyed.returncode == 0, destroyed.stderr
+
+        up_and_verify(mine, "./my-bug")
+        rows = listed()
         assert sorted(rows) == sorted([seed, mine])
         assert rows[seed]["scenario"] == "sudo-lxc-cgroups" and rows[mine]["scenario"] == "my-bug"
         for row in rows.values():
-            assert (row["target"], row["host"], row["domain"]) == ("bookworm-unified", "qemu:///system", "running")
-            assert row["phase"].startswith("verified") and row["verdict"] == "met" and row["verified_at"]
+            assert (row["target"], row["host"]) == ("bookworm-unified", "qemu:///system")
+            assert row["verdict"] == "met" and row["verified_at"]
+        assert rows[seed]["domain"] == "not created" and rows[seed]["phase"].startswith("absent (destroy ")
+        assert rows[mine]["domain"] == "running" and rows[mine]["phase"].startswith("verified (verify ")
         table = installed(outside, "list")
         assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == sorted([seed, mine])
     finally:
