@@ -190,6 +190,17 @@ def test_settings_and_errors_from_the_directory(installed: Installed, outside: P
     assert not (outside / ".lab").exists()
 
 
+def test_the_data_lives_only_in_the_package() -> None:
+    """Scenarios, templates, packer files and Vagrantfile.j2 live under lab/data/ (lab.core.resources),
+    never again at the top of the checkout, where the installed command would not see them. A branch
+    from before the move that adds a new folder there (scenarios/NEW/) merges it at the old place
+    (git follows renamed folders only for files in folders that existed): git mv it into lab/data/."""
+    stale = subprocess.run(["git", "ls-files", "--", "scenarios", "templates", "packer", "Vagrantfile.j2", "vendor"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert stale == [], f"move these into lab/data/ (git mv): {stale}"
+    assert resources.SCENARIOS_DIR == ROOT / "lab" / "data" / "scenarios" and resources.SCENARIOS_DIR.is_dir()
+
+
 def test_messages_name_the_tasks_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under cgroup-lab, `invoke lab.X ... lab.Y` and a bare lab.X read as the user types them; other
     text (lab.toml, .lab/, a path with lab. in it) is left alone; under invoke nothing changes."""
