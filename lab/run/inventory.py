@@ -62,8 +62,8 @@ def last_run(lab: paths.LabDir) -> tuple[str, str]:
                    if p.is_dir() and not p.is_symlink() and (p / record.RECORD).is_file()), key=lambda p: p.name)
     if not runs:
         return "", ""
-    try:
-        rec = record.load(runs[-1])
+    try:  # the JSON's top-level keys (ok, started_at, stopped, kept_failing, error) of every schema so far
+        rec = json.loads((runs[-1] / record.RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"unreadable record ({type(exc).__name__})", ""
     if not isinstance(rec, dict):
