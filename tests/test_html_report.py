@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from lab.core import paths
 from lab.report import cast, html, redact, renderers, write_reports
 
 # the record as verify.json of schema 1 held it (a plain dict): the page is rendered from its upgrade, so
@@ -35,7 +34,7 @@ MATRIX = [  # fix, expected, observed, verdict: what the fixture's run found
     ("systemd-run", "failing", "failing", "✓ still fails, as measured for this target"),
     ("baseline-restored", "failing", "failing", "✓ fails, as the bug predicts (reproduced)"),
 ]
-ARTIFACT = paths.PROJECT_DIR / ".artifacts" / "html-report.png"
+ARTIFACT = Path(__file__).resolve().parent.parent / ".artifacts" / "html-report.png"
 LOADING_TAGS = {"script": "src", "link": "href", "img": "src", "iframe": "src", "audio": "src", "video": "src",
                 "source": "src", "embed": "src", "object": "data", "track": "src", "image": "href", "use": "href"}
 

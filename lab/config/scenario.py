@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lab.config.targets import all_targets
 from lab.core.errors import LabError, did_you_mean
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import SCENARIOS_DIR
 
-SCENARIOS_DIR = PROJECT_DIR / "scenarios"
 SCENARIO_FILE = "scenario.toml"
 DEFAULT_SCENARIO = "sudo-lxc-cgroups"
 

@@ -14,20 +14,20 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from lab.core import paths
+from lab.core import resources
 from lab.report.cast import HEIGHT, WIDTH
 from lab.report.cast import render as render_cast
 from lab.report.rows import output_lines, redacted_record, try_facts
 from lab.run.record import EvidenceRecord, RunRecord, StepRecord, TryRecord, coerce
 from lab.run.verdict import try_words, verdict
 
-# The asciinema player, installed by setup.sh (npm ci in vendor/npm) and inlined into every page.
-PLAYER_PACKAGE = paths.PROJECT_DIR / "vendor" / "npm"
-PLAYER_DIR = PLAYER_PACKAGE / "node_modules" / "asciinema-player" / "dist" / "bundle"
+# The asciinema player, installed by setup.sh (npm ci) and inlined into every page (lab.core.resources).
+PLAYER_PACKAGE = resources.PLAYER_PACKAGE
+PLAYER_DIR = resources.PLAYER_BUNDLE
 PLAYER_JS, PLAYER_CSS = "asciinema-player.min.js", "asciinema-player.css"
 SAFE_LINK = re.compile(r"https?://[^\s\"'<>]+\Z")
 _INLINE = re.compile(r"(`+)(.+?)\1|\*\*(.+?)\*\*", re.DOTALL)
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = resources.REPORT_TEMPLATES_DIR
 CSS_FILE = TEMPLATES / "report.css"
 
 
