@@ -172,7 +172,7 @@ def test_verify_shows_the_measured_matrix(bookworm_lab: tuple[Path, str]) -> Non
     observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == HYBRID
     assert record["tries"][-1]["id"] == "baseline-restored" and record["tries"][-1]["ok"] is True
-    assert record["isolation"] == "snapshot" and [r["how"] for r in record["reverts"]] == ["loadvm"] * 7
+    assert record["isolation"] == "snapshot" and [r["how"] for r in record["reverts"]] == ["loadvm"] * 8
     teardown = invoke(workdir, "lab.verify", "--isolation", "teardown", timeout=1200)
     assert teardown.returncode == 0, teardown.stdout[-3000:]
     by_teardown = json.loads((reports / "verify.json").read_text())
