@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["core", "config", "host", "remote", "render", "images", "machine", "run", "report"]
+ORDER = ["core", "config", "host", "remote", "render", "images", "machine", "run", "report", "cli"]
 
 
 def modules() -> dict[str, Path]:

@@ -27,7 +27,8 @@ from pathlib import Path
 from lab.config.settings import Settings
 from lab.core import console, paths
 from lab.core.errors import LabError
-from lab.core.paths import PROJECT_DIR, cache_dir
+from lab.core.paths import cache_dir
+from lab.core.resources import packer_file
 from lab.host import accel, libvirt, storage, tools
 from lab.host.probes import url_answers
 from lab.host.providers import resolve_provider
@@ -149,12 +150,12 @@ def build_inputs(settings: Settings) -> dict[str, str]:
     for, the ISO, the Packer template, the rendered kernel-stage scripts, the machine's size and
     Vagrant's public key (baked in). Its hash is the box's key."""
     target = settings.target_data
-    packer_file = PROJECT_DIR / "packer" / f"{target.family}.pkr.hcl"
+    template = packer_file(f"{target.family}.pkr.hcl")
     _, public = vagrant_insecure_keys()
     return {
         "recipe": RECIPE_VERSION, "target": target.name, "provider": resolve_provider(settings),
         "iso_url": settings.iso_url, "cpus": str(settings.cpus), "memory": str(settings.memory),
-        "packer": packer_file.read_text(encoding="utf-8") if packer_file.exists() else "",
+        "packer": template.read_text(encoding="utf-8") if template.exists() else "",
         "scripts": "".join(f"# {name}\n{text}" for name, text in kernel_stage_scripts(settings)),
         "vagrant_pub": public.read_text().strip(),
     }

@@ -450,14 +450,15 @@ def reset(settings: Settings) -> ResetResult:
             finally:
                 at.remote.close()
         done = time.monotonic()
-        _prove_baseline(lab, now)
+        prove_baseline(lab, now)
         state.advance(lab, Phase.PROVISIONED, "reset")
         return ResetResult(method=at.method, revert_s=at.revert_s, first_command_s=at.login_s,
                            fingerprint_s=done - answered, seconds=done - started)
 
 
-def _prove_baseline(lab: paths.LabDir, now: str) -> None:
-    """The reverted guest must carry the fingerprint taken with the snapshot; else it is no baseline."""
+def prove_baseline(lab: paths.LabDir, now: str) -> None:
+    """The reverted guest must carry the fingerprint taken with the snapshot (`now`: the FINGERPRINT
+    command's output); else TestbedError: it is no baseline."""
     try:
         want = (lab.root / "baseline.fingerprint").read_text().strip()
     except FileNotFoundError:
