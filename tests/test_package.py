@@ -108,7 +108,8 @@ def test_the_wheel_carries_the_data_and_nothing_else(installed: Installed) -> No
         rel = shipped.relative_to(ROOT).as_posix()
         if shipped.is_file() and "node_modules" not in rel:
             assert rel in names, f"{rel} is not in the wheel"
-    assert {f"{data}Vagrantfile.j2", f"{data}packer/debian.pkr.hcl", f"{data}templates/lib/linger.sh.j2",
+    assert {f"{data}Vagrantfile.j2", f"{data}packer/trusty.pkr.hcl", f"{data}templates/images/identity.sh.j2",
+            f"{data}templates/lib/linger.sh.j2",
             f"{data}scenarios/sudo-lxc-cgroups/scenario.toml", f"{data}templates/scaffold/scenario.toml",
             "lab/config/targets/bookworm.toml"} <= names
     assert {f"{data}player/node_modules/asciinema-player/{name}" for name in PLAYER_FILES} <= names

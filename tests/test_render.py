@@ -111,44 +111,41 @@ def test_default_network_is_stable_and_in_range() -> None:
     assert 100 <= a < 220
 
 
-def test_provisioned_box_lab_boots_without_vagrant_round_trips(tmp_path: Path) -> None:
-    """A lab on a box lab.build provisioned: no provisioners, no key insertion or hostname over SSH;
-    the key and hostname go to QEMU as fw_cfg entries, the key file is the lab's own."""
+def test_a_lab_started_from_an_image_is_described_for_vagrant(tmp_path: Path) -> None:
+    """A lab lab.up starts from the scenario's image: no provisioners, no key insertion or hostname
+    over SSH (the guest agent hands them over), Vagrant logs in as the admin with the lab's own key
+    and finds the address through the guest agent; nothing of the old fw_cfg handover is left."""
     s = make_settings(tmp_path, target="bookworm")
     vf = render_all(s, make_facts(box_provisioned=True, private_key_path="/labs/x/ssh/id_ed25519"))["Vagrantfile"]
     assert "m.ssh.insert_key = false" in vf
     assert "m.ssh.private_key_path = ['/labs/x/ssh/id_ed25519']" in vf
     assert "m.ssh.username = 'labadmin'" in vf
     assert "m.vm.hostname" not in vf and "m.vm.provision" not in vf
-    assert f"'name=opt/cgroup-lab/hostname,string={s.name}'" in vf
-    assert "'name=opt/cgroup-lab/authorized_keys,string=ssh-ed25519 " in vf
+    assert "lv.qemu_use_agent = true" in vf and "fw_cfg" not in vf
     assert "m.vm.guest = 'debian'" in vf and "m.vm.allow_fstab_modification = false" in vf
     classic = render_all(s, make_facts())["Vagrantfile"]
-    assert "m.ssh.insert_key = true" in classic and "fw_cfg" not in classic and "m.vm.provision" in classic
+    assert "m.ssh.insert_key = true" in classic and "qemu_use_agent" not in classic and "m.vm.provision" in classic
 
 
-def test_fw_cfg_values_double_their_commas() -> None:
-    from lab.render.lab import fw_cfg_entry
-
-    assert fw_cfg_entry("authorized_keys", "ssh-ed25519 AAA a,b") == \
-        "name=opt/cgroup-lab/authorized_keys,string=ssh-ed25519 AAA a,,b"
-
-
-def test_box_provisioning_is_rendered_without_lab_values(tmp_path: Path) -> None:
-    """lab.build runs the provisioning into the box: the scripts carry no lab's key, so two labs
-    of one scenario and target share the box; users.sh records who gets the key at boot."""
-    from lab.images.build import box_provision_scripts, build_inputs
+def test_layer_scripts_are_rendered_without_lab_values(tmp_path: Path) -> None:
+    """lab.build runs the provisioning into the scenario's layer: the scripts carry no lab's key, so
+    two labs of one scenario and target share the layer; another scenario has other scripts; a
+    box the user names is provisioned by Vagrant instead (no layers)."""
+    from lab.images.build import layer_scripts, layer_users, uses_layers
 
     a = make_settings(tmp_path, target="bookworm", name="lab-one")
     b = make_settings(tmp_path, target="bookworm", name="lab-two")
-    scripts = box_provision_scripts(a)
-    users = next(text for name, text in scripts.items() if "users" in name)
-    assert "pubkey=''" in users and "/etc/cgroup-lab/ssh-users" in users
-    assert any("lxc" in name for name in scripts), scripts.keys()
-    assert build_inputs(a) == build_inputs(b)
+    scripts = layer_scripts(a)
+    users = next(script for script in scripts if "users" in script.name)
+    assert "pubkey=''" in users.text and users.label.startswith("the engine's `common/users.sh`")
+    lxc = next(script for script in scripts if "lxc" in script.name)
+    assert lxc.label == "`provision/lxc-user.sh` of scenario sudo-lxc-cgroups"
+    assert lxc.source is not None and lxc.source.name == "lxc-user.sh"
+    assert [(x.name, x.text) for x in scripts] == [(x.name, x.text) for x in layer_scripts(b)]
     other = make_settings(tmp_path, target="bookworm", scenario="sudo-systemctl-user")
-    assert build_inputs(other)["provision"] != build_inputs(a)["provision"]
-    assert box_provision_scripts(make_settings(tmp_path, target="bookworm", box="owner/name")) == {}
+    assert [x.text for x in layer_scripts(other)] != [x.text for x in scripts]
+    assert layer_users(a) == ("labadmin",)
+    assert uses_layers(a) and not uses_layers(make_settings(tmp_path, target="bookworm", box="owner/name"))
 
 
 def test_scenario_scripts_import_the_engines_snippets(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ VirtualBox cannot run here, so its provider block is checked only through
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,9 +15,6 @@ import pytest
 from labtest import make_facts, make_settings
 
 from lab.core.files import write_files
-from lab.core.resources import packer_file
-from lab.images import build
-from lab.images.common import vagrant_insecure_keys
 from lab.render.lab import render_all
 from lab.render.plan import plan
 
@@ -82,36 +78,19 @@ def test_shellcheck_every_rendered_script(tmp_path: Path, target: str) -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_shellcheck_build_scripts(tmp_path: Path) -> None:
+def test_shellcheck_image_scripts(tmp_path: Path) -> None:
+    """The base image's mmdebstrap hook (bash), the identity handover and the layer's preparation
+    (POSIX sh, run by the guest agent) as they are rendered for a real target and scenario."""
+    from lab.images import base, identity, layer
+
     s = make_settings(tmp_path, target="bookworm")
-    inputs = build.build_inputs(s)
-    files = {"rootfs.sh": inputs["rootfs_hook"], "box.sh": inputs["box_script"]}
+    files = {"rootfs.sh": "#!/bin/bash\n" + base.hook_script(s.target_data),
+             "identity.sh": "#!/bin/sh\n" + identity.script(identity.Identity("lab-x", "ssh-ed25519 AAAA k",
+                                                                               "192.168.5.2", "192.168.5.1", True)),
+             "prepare.sh": "#!/bin/sh\n" + layer._prepare_script(("labadmin", "other"))}
     write_files(tmp_path, files)
-    result = subprocess.run(["shellcheck", "-s", "bash", *(str(tmp_path / f) for f in files)], capture_output=True,
+    result = subprocess.run(["shellcheck", *(str(tmp_path / f) for f in files)], capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout
 
 
-def packer_validate(var_file: Path) -> subprocess.CompletedProcess[str]:
-    template = str(packer_file("debian.pkr.hcl"))
-    return subprocess.run(["packer", "validate", "-var-file", str(var_file), template],
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "CHECKPOINT_DISABLE": "1"})
-
-
-def test_packer_validate_debian(tmp_path: Path) -> None:
-    private, _ = vagrant_insecure_keys()
-    script = tmp_path / "box.sh"
-    script.write_text("#!/bin/bash\n")
-    variables = {"disk_image": str(tmp_path / "disk.qcow2"), "kernel": "/k", "initrd": "/i", "cmdline": "ro",
-                 "output_directory": str(tmp_path / "out"), "box_output": str(tmp_path / "b.box"),
-                 "ssh_private_key_file": str(private), "ssh_port": 2299, "serial_log": str(tmp_path / "s.log"),
-                 "scripts": [str(script)]}
-    var_file = tmp_path / "vars.json"
-    var_file.write_text(json.dumps(variables))
-    result = packer_validate(var_file)
-    assert result.returncode == 0, result.stdout + result.stderr
-    variables.pop("disk_image")
-    var_file.write_text(json.dumps(variables))
-    result = packer_validate(var_file)
-    assert result.returncode != 0, "a missing required variable must fail validation"

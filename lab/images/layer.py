@@ -201,7 +201,7 @@ def _run_script(remote: Remote, script: Script, layer: Layer, work: Path, timeou
     remote.run(f"cat > {shlex.quote(path)}", stdin=script.text, step=f"upload {script.name}")
     log = work / LOG
     output: list[str] = []
-    errors: list[tuple[int, int, str]] = []
+    errors: list[tuple[int, int, str, int]] = []
     with console.step(f"provision: {script.label}", "the script", verbose, usual_s=USUAL_SCRIPT_S) as on_line, \
             log.open("a", encoding="utf-8") as fh:
         fh.write(f"=== {script.label} ({script.name}) {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -209,7 +209,7 @@ def _run_script(remote: Remote, script: Script, layer: Layer, work: Path, timeou
         def seen(line: str) -> None:
             mark = parse_error_mark(line)
             if mark is not None:
-                errors.append(mark)
+                errors.append((*mark, len(output)))
                 return
             output.append(line)
             fh.write(line + "\n")
@@ -231,15 +231,19 @@ def parse_error_mark(line: str) -> tuple[int, int, str] | None:
     return None
 
 
-def failure_message(script: Script, exit_code: int, output: list[str], errors: list[tuple[int, int, str]],
+def failure_message(script: Script, exit_code: int, output: list[str], errors: list[tuple[int, int, str, int]],
                     log: Path, rendered: Path) -> str:
     """A failed script in the scenario's terms: which script, its exit code, the line and command
-    of the last failure the ERR trap saw (the line's own text when it has one), the last output
-    lines and where the whole log is. When the script is a template whose rendering differs from
-    its file, the line is the rendered script's (kept at `rendered`)."""
+    where it failed (the line's own text when it has one), the last output lines and where the
+    whole log is. errors: what the ERR trap printed, (status, line, bash's command, how many output
+    lines came before it); the failure is the first of the marks that end the output together (a
+    command failing in a function reports its own line, then the call's: the first is the cause).
+    When the script is a template whose rendering differs from its file, the line is the rendered
+    script's (kept at `rendered`)."""
     where = ""
     if errors:
-        _, line_no, bash_command = errors[-1]
+        last = errors[-1][3]
+        _, line_no, bash_command, _ = next(e for e in errors if e[3] == last)
         lines = script.text.splitlines()
         command = lines[line_no - 1].strip() if 0 < line_no <= len(lines) else bash_command
         as_rendered = ""
