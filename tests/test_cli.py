@@ -113,7 +113,7 @@ def test_doctor_names_every_missing_tool_with_a_hint(tmp_path: Path) -> None:
     result = invoke(tmp_path, "lab.doctor", "--target", "bookworm", env={"PATH": bare_path(tmp_path)})
     assert result.returncode == 1
     for tool, hint in (("vagrant", "apt-get install vagrant"), ("mmdebstrap", "apt-get install mmdebstrap"),
-                       ("packer", "apt-get install packer"), ("virsh", "apt-get install libvirt-clients")):
+                       ("qemu-img", "apt-get install qemu-utils"), ("virsh", "apt-get install libvirt-clients")):
         line = next((ln for ln in result.stdout.splitlines() if f" {tool} " in ln), "")
         assert "not found" in line and hint in line, (tool, result.stdout)
     assert "cannot be brought up" in result.stdout

@@ -355,7 +355,7 @@ def test_up_verify_destroy_through_qemu_ssh(loopback_host: LoopbackHost, tmp_pat
     try:
         up, up_s = invoke(tmp_path, "lab.up", "--target", "bookworm-unified", "--name", name,
                           "--libvirt-uri", uri, timeout=3600)
-        assert up.returncode == 0
+        assert up.returncode == 0 and "started from the saved state" in up.stdout
         vagrantfile = (tmp_path / ".lab" / name / "Vagrantfile").read_text()
         assert "lv.uri = 'qemu+ssh://root@127.0.0.1:" in vagrantfile and "m.ssh.proxy_command" in vagrantfile
         owner = subprocess.run(["virsh", "-c", "qemu:///system", "desc", f"lab-{name}"], capture_output=True,

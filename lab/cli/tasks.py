@@ -226,20 +226,22 @@ def reset(c, target=None, scenario=None, name=None):
 
     done = lifecycle.reset(_existing(target, name, scenario))
     console.info(f"[green]✓[/] lab reset to its baseline snapshot in {done.seconds:.1f}s ({done.method} "
-                 f"{done.revert_s:.2f}s, first SSH command {done.first_command_s:.2f}s, fingerprint "
-                 f"{done.fingerprint_s:.2f}s)")
+                 f"{done.revert_s:.2f}s, first SSH command {done.first_command_s:.2f}s, proven by its "
+                 f"{done.proof} {done.fingerprint_s:.2f}s)")
 
 
-@task(help=flags(*LAB_FLAGS, fresh="first rebuild the box from nothing and time build + up + verify (~4 min)"))
+@task(help=flags(*LAB_FLAGS, fresh="first rebuild the images from nothing and time build + up + verify (~3 min)",
+                 matrix="also time lab.matrix of the scenario over its Debian targets with --jobs 1 (~3-5 min)"))
 @guarded
-def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None, libvirt_uri=None):
-    """Measure connection cost, verify overhead, reset vs destroy+up, boot vs up; print the figures."""
+def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None, libvirt_uri=None,
+          matrix=False):
+    """Measure up from a cached image, reset, edit-and-retry, verify overhead, connection cost; print the figures."""
     from lab.host import libvirt
     from lab.run import bench as b
 
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
     libvirt.use(s)
-    b.run(s, fresh=fresh)
+    b.run(s, fresh=fresh, matrix=matrix)
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",

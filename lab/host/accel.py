@@ -6,9 +6,13 @@ The guest writes to qemu's isa-debug-exit port; qemu then exits with code 3. Any
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -68,14 +72,61 @@ def probe_remote(access: HostAccess, accel: str, timeout: float = 10.0) -> tuple
     return False, f"{accel} cannot run a test guest (exit {code}: {last})"
 
 
+REMOTE_TTL_S = 24 * 3600  # a remote host's answer is asked again after a day
+
+
+def _probe_cache() -> Path:
+    from lab.core.paths import cache_dir
+
+    return cache_dir() / "accel.json"
+
+
+def _cached(key: str, ttl: float | None, ask: Callable[[], bool]) -> bool:
+    """ask() once per key (and per ttl seconds): the probe costs a qemu start, and where KVM hangs
+    (this kind of host) it waits out its 10 s timeout, on every lab.up. Kept in
+    $XDG_CACHE_HOME/cgroup-lab/accel.json; a broken file is asked again."""
+    path = _probe_cache()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("kvm"), bool) and \
+            (ttl is None or time.time() - float(entry.get("at", 0)) < ttl):
+        return bool(entry["kvm"])
+    answer = ask()
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"kvm": answer, "at": time.time()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return answer
+
+
+def _local_key() -> str:
+    """This machine as it runs now: its boot (a reboot may change what KVM does) and its qemu."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    qemu = shutil.which("qemu-system-x86_64") or ""
+    stamp = f"{Path(qemu).stat().st_mtime_ns}" if qemu else "none"
+    return f"local:{boot}:{qemu}:{stamp}"
+
+
 @cache
 def kvm_usable() -> bool:
-    return probe("kvm")[0]
+    """KVM runs a real guest on this machine (probed once per boot and qemu binary)."""
+    return _cached(_local_key(), None, lambda: probe("kvm")[0])
 
 
 @cache
 def _remote_kvm_usable(access: HostAccess) -> bool:
-    return probe_remote(access, "kvm")[0]
+    return _cached(f"remote:{access.uri.text}", REMOTE_TTL_S, lambda: probe_remote(access, "kvm")[0])
 
 
 def libvirt_driver(access: HostAccess | None = None) -> str:

@@ -42,20 +42,33 @@ class AgentError(TestbedError):
     """The agent did not answer, or answered with an error (exit code 3)."""
 
 
-def command(domain: str, payload: dict, timeout: float = 10) -> dict:
-    """Send one agent command; its "return" value. Raises AgentError with libvirt's words when the
-    agent is not connected, does not answer within timeout (seconds), or reports an error."""
-    result = libvirt.virsh("qemu-agent-command", domain, json.dumps(payload), "--timeout",
-                           str(max(1, int(timeout))), timeout=timeout + 30)
-    if result.returncode != 0:
-        words = result.stderr.strip().removeprefix("error: ").replace("\n", " / ")
+def command(domain: str, payload: dict, timeout: float = 10, secret: bool = False) -> dict:
+    """Send one agent command; its "return" value. secret: the command goes to virsh on its stdin
+    (virsh's own command shell), never on a command line another user of the host could read.
+    Raises AgentError with libvirt's words when the agent is not connected, does not answer within
+    timeout (seconds), or reports an error."""
+    text = json.dumps(payload)
+    wait = str(max(1, int(timeout)))
+    if secret:
+        if "'" in text:
+            raise AgentError("internal: an agent command for virsh's shell must not contain a single quote")
+        result = libvirt.virsh("-q", input_text=f"qemu-agent-command {domain} '{text}' --timeout {wait}\n",
+                               timeout=timeout + 30)
+        answers = [line for line in result.stdout.splitlines() if line.startswith('{"return"')]
+        failed = result.returncode != 0 or "error:" in result.stderr or not answers
+        out = answers[-1] if answers else ""
+    else:
+        result = libvirt.virsh("qemu-agent-command", domain, text, "--timeout", wait, timeout=timeout + 30)
+        failed, out = result.returncode != 0, result.stdout
+    if failed:
+        words = result.stderr.strip().removeprefix("error: ").replace("\n", " / ") or "no answer"
         raise AgentError(f"the guest agent of {domain} did not run {payload['execute']}: {words}",
                          hint="is the VM running and the qemu-guest-agent package installed in it?")
     try:
-        return json.loads(result.stdout)["return"]
+        return json.loads(out)["return"]
     except (ValueError, KeyError, TypeError):
         raise AgentError(f"the guest agent of {domain} answered {payload['execute']} with "
-                         f"{result.stdout.strip()[:200]!r}") from None
+                         f"{out.strip()[:200]!r}") from None
 
 
 def ping(domain: str, timeout: float = 2) -> bool:
@@ -85,16 +98,16 @@ def wait_ready(domain: str, timeout: float, watch: Callable[[], None] | None = N
         delay = min(delay * 2, 2.0)
 
 
-def run(domain: str, script: str, timeout: float, shell: str = "/bin/sh") -> AgentResult:
+def run(domain: str, script: str, timeout: float, shell: str = "/bin/sh", secret: bool = False) -> AgentResult:
     """Run `script` with `shell -s` as root in the guest (the script on its stdin, so nothing of it
-    is on a command line in the guest) and wait for it; stdout and stderr captured (qemu-ga keeps
-    up to 16 MiB of each). Raises AgentError when the agent fails or the script runs past timeout
-    (seconds; the guest process is then left to the guest)."""
+    is on a command line in the guest; secret: nor on one on the host) and wait for it; stdout and
+    stderr captured (qemu-ga keeps up to 16 MiB of each). Raises AgentError when the agent fails
+    or the script runs past timeout (seconds; the guest process is then left to the guest)."""
     started = time.monotonic()
     request = {"execute": "guest-exec", "arguments": {
         "path": shell, "arg": ["-s"], "capture-output": True,
         "input-data": base64.b64encode(script.encode()).decode()}}
-    pid = command(domain, request, timeout=min(timeout, 30))["pid"]
+    pid = command(domain, request, timeout=min(timeout, 30), secret=secret)["pid"]
     delay = 0.03
     while True:
         status = command(domain, {"execute": "guest-exec-status", "arguments": {"pid": pid}},

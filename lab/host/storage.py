@@ -144,3 +144,41 @@ def tail(file_path: str, size: int = 65536) -> str:
     assert host.access is not None
     result = host.access.run(f"tail -c {int(size)} {shlex.quote(file_path)} 2>/dev/null || true", timeout=30)
     return result.stdout
+
+
+def backed_by(backing: str) -> list[str]:
+    """Names of the pool's qcow2 volumes whose backing file is `backing` (a path on the host): a
+    layer still in use by a lab's disk, or a base by a layer's. On this machine read from the
+    files' qcow2 headers; on a remote host from libvirt's volume XML."""
+    names = [line.split()[0] for line in libvirt.virsh("vol-list", POOL).stdout.splitlines()[2:]
+             if line.strip() and line.split()[0].endswith(".qcow2")]
+    found = []
+    for name in names:
+        if libvirt.current().remote:
+            xml = libvirt.virsh("vol-dumpxml", "--pool", POOL, name).stdout
+            m = re.search(r"<backingStore>\s*<path>([^<]+)</path>", xml)
+            parent = m.group(1) if m else ""
+        else:
+            parent = qcow2_backing(Path(pool_path()) / name)
+        if parent == backing or (parent and not parent.startswith("/") and f"{pool_path()}/{parent}" == backing):
+            found.append(name)
+    return found
+
+
+def qcow2_backing(file: Path) -> str:
+    """The backing file a qcow2 image names in its header ("" for none or not a qcow2): the header
+    keeps its name's offset (8 bytes at 8) and length (4 bytes at 16), big-endian (QEMU's
+    docs/interop/qcow2.txt)."""
+    try:
+        with file.open("rb") as fh:
+            head = fh.read(20)
+            if len(head) < 20 or head[:4] != b"QFI\xfb":
+                return ""
+            offset = int.from_bytes(head[8:16], "big")
+            size = int.from_bytes(head[16:20], "big")
+            if not offset or not size or size > 4096:
+                return ""
+            fh.seek(offset)
+            return fh.read(size).decode(errors="replace")
+    except OSError:
+        return ""

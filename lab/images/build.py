@@ -129,6 +129,7 @@ def build(settings: Settings, force: bool = False, verbose: bool = False,
     cached = layer.ready(lay)
     if cached:
         layer.remove_kept(lab_dir.root)
+        _supersede(lay, settings)
         console.info(f"[green]✓[/] {settings.scenario_data.id} on {target.name} is cached: layer {lay.key} on "
                      f"base {image.key} (use --force to rebuild)")
         return lay
@@ -138,9 +139,16 @@ def build(settings: Settings, force: bool = False, verbose: bool = False,
                         upload_timeout=settings.build_timeout, verbose=verbose)
     layer.build(lay, scripts, lab_root=lab_dir.root, owner=owner, boot_timeout=settings.boot_timeout,
                 command_timeout=settings.build_timeout, keep_failing=keep_failing, verbose=verbose)
+    _supersede(lay, settings)
     console.info(f"[green]✓[/] layer {lay.key} of {settings.scenario_data.id} on {target.name} built "
                  f"(base {image.key})")
     return lay
+
+
+def _supersede(lay: layer.Layer, settings: Settings) -> None:
+    removed = layer.supersede(lay, paths.state_root(), libvirt.current().uri, settings.scenario)
+    if removed:
+        console.info(f"removed the layer this one replaces (no lab uses it): {', '.join(removed)}")
 
 
 # --- trusty: a Vagrant box from the ISO ----------------------------------------------------------

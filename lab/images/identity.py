@@ -1,10 +1,11 @@
 """Hand a VM that was restored from an image's saved state its own identity, through the QEMU guest
-agent: the clock, the SSH key that may log in, a new SSH host key made in the guest, the hostname
-and the address in its own network (templates/images/identity.sh.j2).
+agent: the clock, the SSH key that may log in, its own SSH host key, the hostname and the address
+in its own network (templates/images/identity.sh.j2).
 
-The guest makes its host key itself and prints the public half on the agent's channel, which runs
-through libvirt, not the network: the tool pins that key in the VM's known_hosts before the first
-SSH connection (no trust on first use), and no private key ever leaves the guest.
+The host key is made here (ed25519, never stored on this side) and sent through libvirt, not the
+network: on virsh's stdin (no command line shows it), over libvirt's connection and the agent's
+virtio channel. The tool pins its public half in the VM's known_hosts before the first SSH
+connection, so no key is ever trusted on first use.
 """
 
 from __future__ import annotations
@@ -31,27 +32,44 @@ class Identity:
     route: bool = False
 
 
-def script(identity: Identity, now: float | None = None) -> str:
+def host_key() -> tuple[str, str]:
+    """A new ed25519 SSH host key: (private key in OpenSSH's format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
+def script(identity: Identity, host_private: str = "", host_public: str = "", now: float | None = None) -> str:
     """The handover script for the guest (POSIX sh, run as root)."""
     at = now if now is not None else time.time()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
     return environment().get_template("images/identity.sh.j2").render(
         now=stamp, public_key=identity.public_key, hostname=identity.hostname, address=identity.address,
-        gateway=identity.gateway, route=identity.route)
+        gateway=identity.gateway, route=identity.route, host_private=host_private, host_public=host_public)
 
 
 def hand_over(domain: str, identity: Identity, timeout: float) -> str:
-    """Run the handover in the restored VM `domain`; returns its new SSH host key ("ssh-ed25519
-    AAAA... hostname"). Raises TestbedError with the guest's words when a step fails."""
+    """Run the handover in the restored VM `domain`; returns its new SSH host key's public line
+    ("ssh-ed25519 AAAA..."), which the guest read back from its own file. Raises TestbedError with
+    the guest's words when a step fails or the guest shows another key."""
+    private, public = host_key()
     agent.wait_ready(domain, timeout=timeout, what="the restored VM's guest agent")
-    result = agent.run(domain, script(identity), timeout=timeout)
+    result = agent.run(domain, script(identity, private, public), timeout=timeout, secret=True)
     keys = [line.removeprefix("host-key ").strip() for line in result.stdout.splitlines()
             if line.startswith("host-key ")]
     if result.failed or not keys:
         raise TestbedError(f"handing {domain} its identity failed (exit {result.exit_code}): "
                            f"{(result.stderr or result.stdout).strip()[-300:] or 'no output'}",
                            hint="the image may be damaged: invoke lab.build --force")
-    return keys[-1]
+    if keys[-1].split()[:2] != public.split()[:2]:
+        raise TestbedError(f"{domain} shows another SSH host key than the one it was handed",
+                           hint="the image may be damaged: invoke lab.build --force")
+    return public
 
 
 def pin(known_hosts: Path, address: str, host_key: str) -> None:

@@ -93,6 +93,7 @@ def layer_for(base: HostBase, scenario: str, target: str, scripts: list[Script],
     for script in scripts:
         h.update(f"{script.name}\0{script.text}\0".encode())
     h.update(identity.script(identity.Identity("x", "x", "x", "x"), now=0).encode())
+    h.update(_prepare_script(users).encode())
     return Layer(base=base, key=h.hexdigest()[:16], scenario=scenario, target=target, users=users)
 
 
@@ -153,8 +154,10 @@ def _build(layer: Layer, scripts: list[Script], work: Path, owner: str, boot_tim
                 if failure is not None:
                     kept = keep_failing
                     if kept:
-                        _keep(work, name, network, layer, address)
-                        raise ProvisionFailed(failure, hint=_shell_hint(work, address, name))
+                        _keep(work, name, network, layer, address, _shell_command(work, address))
+                        raise ProvisionFailed(failure, hint=f"the build VM {name} is kept running; a shell in it: "
+                                                            f"{_shell_command(work, address)} ; invoke lab.destroy "
+                                                            f"(or the next lab.build) removes it")
                     raise ProvisionFailed(failure, hint="fix the script, then: invoke lab.build "
                                                         "(or lab.up); look inside with --keep-failing")
             with console.step("start what the provisioning enabled; systemd to settle",
@@ -293,7 +296,8 @@ def _stream(remote: Remote, command: str, on_line, timeout: float) -> int:  # ty
 
 def _prepare_script(users: tuple[str, ...]) -> str:
     """Run through the agent before the save: the files the identity handover writes a lab's key
-    into (each user's authorized_keys, created with its owner), the build's key and scripts gone."""
+    into (each user's authorized_keys, created with its owner), the build's key and scripts gone,
+    the admin's (users[0]) user manager running."""
     quoted = " ".join(shlex.quote(u) for u in users)
     return f"""set -eu
 list=/etc/cgroup-lab/authorized-keys.new
@@ -309,24 +313,40 @@ done
 mv "$list" /etc/cgroup-lab/authorized-keys
 : > /root/.ssh/authorized_keys
 rm -rf /root/cgroup-lab-provision
+# Nothing of the build's own login may stay in the state: its session, root's user manager (logind
+# would stop it ~10 s after the restore, in the middle of a lab's first minute).
+loginctl terminate-user root 2>/dev/null || true
+systemctl stop user@0.service user-runtime-dir@0.service
+# The admin's user manager, started now: a lab's first login (lab.up's, before the baseline
+# snapshot, which is taken with the admin logged in) then finds it running instead of waiting
+# ~3 s on TCG for it to start; logind adopts it at that login as if the login had started it.
+systemctl start "user@$(id -u {shlex.quote(users[0])}).service"
+for _ in $(seq 1 300); do
+  [ -z "$(systemctl list-jobs --no-legend)" ] && break
+  sleep 0.2
+done
+if loginctl list-sessions --no-legend | grep -q .; then
+  echo "sessions still open after the build:" >&2; loginctl list-sessions --no-legend >&2; exit 4
+fi
 """
 
 
-def _keep(work: Path, name: str, network: str, layer: Layer, address: str) -> None:
-    record = {"domain": name, "network": network, "volume": layer.disk_volume, "address": address,
+def _keep(work: Path, name: str, network: str, layer: Layer, address: str, shell: str) -> None:
+    record = {"domain": name, "network": network, "volume": layer.disk_volume, "address": address, "shell": shell,
               "libvirt_uri": libvirt.current().uri, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_files(work, {KEPT: json.dumps(record, indent=2) + "\n"})
 
 
-def _shell_hint(work: Path, address: str, name: str) -> str:
+def _shell_command(work: Path, address: str) -> str:
+    """The ssh command line that opens a root shell in the build VM (through the libvirt host
+    when it is remote), with the build's own key and the host key pinned at its handover."""
     argv = ["ssh", "-i", str(work / "id_ed25519"), "-o", f"UserKnownHostsFile={work / 'known_hosts'}",
-            "-o", "IdentitiesOnly=yes"]
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"]
     access = libvirt.current().access
     if access is not None:
         argv += ["-o", f"ProxyCommand={access.proxy_command}"]
     argv.append(f"root@{address}")
-    return (f"the build VM {name} is kept running; a shell in it: {shlex.join(argv)} ; "
-            f"invoke lab.destroy (or the next lab.build) removes it")
+    return shlex.join(argv)
 
 
 def kept(lab_root: Path) -> dict | None:
@@ -355,3 +375,32 @@ def remove_kept(lab_root: Path) -> list[str]:
     (lab_root / BUILD_DIR / KEPT).unlink(missing_ok=True)
     return removed
 
+
+
+REGISTRY = "layers.json"  # in the checkout's .lab/: the layer it built last per host, scenario and target
+
+
+def supersede(new: Layer, state_root: Path, host_uri: str, scenario_ref: str) -> list[str]:
+    """Record `new` as the layer this checkout built last for (host, scenario, target), and delete
+    the one it replaces (an edit-and-retry leaves one per edit otherwise) unless a disk on the host
+    is still backed by it (a lab that is up). Only this checkout's own layers are ever deleted:
+    another checkout, or another session, may use a layer of the same scenario. Returns what was
+    deleted."""
+    path = state_root / REGISTRY
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    slot = f"{host_uri} {scenario_ref} {new.target}"
+    old = known.get(slot)
+    known[slot] = new.key
+    write_files(state_root, {REGISTRY: json.dumps(known, indent=1, sort_keys=True) + "\n"})
+    if not isinstance(old, str) or old == new.key:
+        return []
+    gone = Layer(base=new.base, key=old, scenario=new.scenario, target=new.target, users=new.users)
+    if storage.exists(gone.disk_volume) and storage.backed_by(storage.path(gone.disk_volume)):
+        return []
+    removed = [volume for volume in (gone.state_volume, gone.disk_volume) if storage.delete(volume)]
+    return removed

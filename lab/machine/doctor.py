@@ -71,12 +71,12 @@ def checks(settings: Settings, provider: str) -> list[Check]:
         found.append(_tool("VBoxManage"))
     needs_build = not settings.box
     if needs_build:
-        found.append(_tool("packer", version_args=("version",)))
-        if target.box_builder == "mmdebstrap":
+        if target.box_builder == "mmdebstrap":  # no VM boots to build the base image: no Packer
             found.append(_tool("mmdebstrap"))
-            found.append(_tool("sfdisk"))
             found.append(_tool("mkfs.ext4", version_args=("-V",)))
             found.append(_tool("qemu-img"))
+        else:
+            found.append(_tool("packer", version_args=("version",)))
     if (provider == "libvirt" and not libvirt.current().remote) or needs_build:
         found.append(_tool("qemu-system-x86_64"))
         kvm_ok, kvm_detail = accel.probe("kvm")

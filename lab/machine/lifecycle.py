@@ -4,12 +4,16 @@ objects that carry this lab's owner mark."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
+import secrets
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from lab.config.settings import Settings, from_json
 from lab.core import console, locks, paths
 from lab.core.errors import LabError, TestbedError, ToolMissing
 from lab.core.files import write_files
-from lab.host import accel, libvirt, proc, storage, tools
+from lab.host import accel, agent, libvirt, proc, storage, tools
 from lab.host.providers import resolve_provider
 from lab.images import identity, layer, vm
 from lab.images.build import build, cached_box, uses_layers
@@ -39,9 +43,10 @@ ENDPOINT = "endpoint.json"
 # user@UID.service cgroups (cgroup v2 delegates them to the user): systemd starts one at a login
 # and stops it ~10 s after the last logout (Vagrant's own login at up included), so they come and
 # go on their own after a revert; lingering, which keeps one, is in the linger files.
-FINGERPRINT = ("sudo sh -c 'cd / && { find etc/pam.d etc/sudoers.d etc/security var/lib/systemd/linger -xdev "
-               "-type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum; find sys/fs/cgroup -maxdepth 3 -type d "
-               "-uid +999 ! -name \"user@*.service\" 2>/dev/null | sort; } | sha256sum | cut -c1-16'")
+FINGERPRINT_SCRIPT = ("cd / && { find etc/pam.d etc/sudoers.d etc/security var/lib/systemd/linger -xdev "
+                      "-type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum; find sys/fs/cgroup -maxdepth 3 "
+                      "-type d -uid +999 ! -name \"user@*.service\" 2>/dev/null | sort; } | sha256sum | cut -c1-16")
+FINGERPRINT = "sudo sh -c " + shlex.quote(FINGERPRINT_SCRIPT)  # as the admin, over SSH
 
 
 def domain_name(settings: Settings) -> str:
@@ -252,13 +257,57 @@ def _take_baseline(settings: Settings, lab: paths.LabDir, remote: Remote, verbos
     with a running user manager and a lab.verify after lab.reset does not wait for one to start.
     Returns when it was taken."""
     fingerprint = remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
-    clock.mark("lab: baseline fingerprint")
+    mark = remote.run(f"sudo sh -c {shlex.quote(baseline_mark_script(secrets.token_hex(8)))}",
+                      step="baseline mark").stdout.strip()
+    clock.mark("lab: baseline fingerprint and mark")
+    return _snapshot_baseline(settings, lab, fingerprint, verbose, clock, mark=mark)
+
+
+def _snapshot_baseline(settings: Settings, lab: paths.LabDir, fingerprint: str, verbose: bool,
+                       clock: PhaseClock, mark: str = "") -> str:
+    """Snapshot the running VM as its baseline (the caller's SSH session open) and record the
+    fingerprint and the baseline mark (BaselineMark.line) taken with it; returns when."""
     with console.step("snapshot of the provisioned VM (the baseline for lab.reset)",
                       "libvirt to save disk and memory", verbose):
         libvirt.snapshot_baseline(domain_name(settings))
     clock.mark("libvirt: baseline snapshot")
-    write_files(lab.root, {"baseline.fingerprint": fingerprint + "\n"})
+    write_files(lab.root, {"baseline.fingerprint": fingerprint + "\n",
+                           **({BASELINE_MARK: mark + "\n"} if mark else {})})
     return state.now()
+
+
+BASELINE_MARK = "baseline.mark"  # the token and the guest's uptime written into the VM at the snapshot
+MARK_FILE = "/run/cgroup-lab/baseline"  # tmpfs: in the snapshot's RAM, gone at a reboot
+MARK_SLACK_S = 120.0  # seconds of guest time a revert may be past the mark (the login after it on TCG)
+
+
+def baseline_mark_script(token: str) -> str:
+    """As root: write the token into the guest's RAM (MARK_FILE) and print it with the guest's
+    uptime ("TOKEN SECONDS"), right before the baseline snapshot."""
+    return (f"mkdir -p /run/cgroup-lab && printf '%s\\n' {shlex.quote(token)} > {MARK_FILE} && "
+            f"read -r up _ < /proc/uptime && printf '%s %s\\n' {shlex.quote(token)} \"$up\"")
+
+
+READ_MARK = (f"if read -r token < {MARK_FILE} 2>/dev/null; then read -r up _ < /proc/uptime; "
+             "printf '%s %s\\n' \"$token\" \"$up\"; else echo none; fi")  # builtins only: no process
+
+
+def mark_proves_baseline(recorded: str, now: str) -> str:
+    """'' when `now` (READ_MARK's output after a revert) proves the guest runs the snapshot's RAM:
+    the token written just before the snapshot, and a guest uptime at most MARK_SLACK_S past the
+    one then (the guest's clock resumes from the snapshot: a later snapshot, or a VM that was not
+    reverted, is further on). Else why not."""
+    try:
+        token, taken = recorded.split()
+        got, up = now.split()
+        later = float(up) - float(taken)
+    except ValueError:
+        return f"no baseline mark in the guest ({now.strip() or 'nothing'})"
+    if got != token:
+        return "the guest carries another baseline mark: another snapshot was restored"
+    if not 0 <= later <= MARK_SLACK_S:
+        return f"the guest's clock is {later:.0f}s past the snapshot's: it was not restored from it"
+    return ""
 
 
 LAB_ADDRESS_HOST = 2  # a lab started from an image has 192.168.<octet>.2
@@ -295,14 +344,26 @@ def _up_from_layer(settings: Settings, lab: paths.LabDir, image: layer.Layer, cl
     write_files(lab.root, {ENDPOINT: json.dumps({"host": address, "port": 22}) + "\n"})
     _write_vagrant_id(lab, domain)
     clock.mark("guest agent: the lab's identity")
-    with console.step("SSH as the admin with the lab's key (host key pinned)", "sshd in the guest"), \
-            connect(settings) as remote:
+    # The baseline's fingerprint (root, through the agent) while the admin logs in over SSH: the
+    # guest has two vCPUs, and the login mostly waits for logind and systemd.
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            console.step("SSH as the admin with the lab's key (host key pinned); the baseline's fingerprint",
+                         "sshd in the guest", usual_s=5), connect(settings) as remote:
+        context = contextvars.copy_context()
+        token = secrets.token_hex(8)
+        fingerprinted = pool.submit(context.run, agent.run, domain,
+                                    f"{FINGERPRINT_SCRIPT}; {baseline_mark_script(token)}", settings.command_timeout)
         result = remote.run("id -un; uname -r", step="first login")
         if result.failed:
             raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
         kernel = result.stdout.split()[-1]
         clock.mark("lab: first SSH login as the admin")
-        taken = _take_baseline(settings, lab, remote, False, clock)
+        marked = fingerprinted.result()
+        lines = marked.stdout.split("\n")
+        if marked.failed or len(lines) < 2 or not lines[0].strip():
+            raise TestbedError(f"the baseline's fingerprint failed in the guest: {marked.stderr.strip()[-200:]}")
+        clock.mark("lab: baseline fingerprint and mark (through the agent, beside the login)")
+        taken = _snapshot_baseline(settings, lab, lines[0].strip(), False, clock, mark=lines[1].strip())
     state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
     clock.save(lab.root / UP_PHASES)
     console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel, {address}, started from the "
@@ -384,25 +445,28 @@ def require_running(settings: Settings) -> None:
 @dataclass(frozen=True)
 class ResetResult:
     """What lab.reset did, measured: how the revert ran (libvirt.revert_baseline's answer:
-    "loadvm" in the running QEMU, or "snapshot-revert"), and seconds for the revert, for the first
-    SSH command after it, for the fingerprint, and in all."""
+    "loadvm" in the running QEMU, or "snapshot-revert"), how the baseline was proven, and seconds
+    for the revert, for the first SSH command after it, for the proof after that, and in all."""
 
     method: str
     revert_s: float
     first_command_s: float
     fingerprint_s: float
     seconds: float
+    proof: str = "fingerprint"  # how the baseline was proven: "mark" (READ_MARK) or "fingerprint"
 
 
 @dataclass(frozen=True)
 class AtBaseline:
     """The lab's VM at its baseline and a connected Remote (see back_to_baseline); method: how the
-    revert ran; revert_s, login_s: seconds for the revert and for the first SSH command after it."""
+    revert ran; revert_s, login_s: seconds for the revert and for the first SSH command after it;
+    mark: what that command read (READ_MARK: the baseline's token and the guest's uptime)."""
 
     remote: Remote
     method: str
     revert_s: float
     login_s: float
+    mark: str
 
 
 def back_to_baseline(settings: Settings, timeout: float | None = None) -> AtBaseline:
@@ -411,27 +475,30 @@ def back_to_baseline(settings: Settings, timeout: float | None = None) -> AtBase
     Contract: on return the VM is exactly its baseline (disk and memory as lab.up snapshotted them,
     the admin's session and user manager included; nothing of any earlier try survives, since the
     guest's RAM and disk are the snapshot's), and the returned Remote is connected and has already
-    run one command, so the caller's next command runs at once. The caller closes the Remote. The
-    engine calls this before every try. Raises LabError without a baseline snapshot, TestbedError
-    when the guest does not answer SSH within `timeout` (default ssh_timeout). Measured on TCG:
-    loadvm 0.3-0.6 s, the login after it 0.8-1.5 s (lab.bench prints both)."""
+    run one command (READ_MARK, shell builtins only: it reads back the mark lab.up wrote into the
+    guest's RAM at the snapshot, which mark_proves_baseline checks), so the caller's next command
+    runs at once. The caller closes the Remote. The engine calls this before every try. Raises
+    LabError without a baseline snapshot, TestbedError when the guest does not answer SSH within
+    `timeout` (default ssh_timeout). Measured on TCG: loadvm 0.3-0.6 s, the login after it
+    0.8-2.5 s depending on the host's load (lab.bench prints both)."""
     started = time.monotonic()
     method = libvirt.revert_baseline(domain_name(settings))
     reverted = time.monotonic()
     remote = connect(settings, connect_timeout=timeout or settings.ssh_timeout)
     try:
         remote.connect()
-        remote.run("true", step="first command after the revert")
+        mark = remote.run(READ_MARK, step="first command after the revert").stdout.strip()
     except BaseException:
         remote.close()
         raise
     return AtBaseline(remote=remote, method=method, revert_s=reverted - started,
-                      login_s=time.monotonic() - reverted)
+                      login_s=time.monotonic() - reverted, mark=mark)
 
 
 def reset(settings: Settings) -> ResetResult:
-    """Back to the freshly provisioned VM through its baseline snapshot, proven by the baseline's
-    fingerprint; returns what it did and how long each part took."""
+    """Back to the freshly provisioned VM through its baseline snapshot, proven by the mark lab.up
+    wrote into the guest's RAM at the snapshot (or, for a lab without one, by the baseline's
+    fingerprint); returns what it did and how long each part took."""
     lab = paths.lab_dir(settings.name)
     libvirt.use(settings)
     with state.locked(lab, "reset"):
@@ -446,14 +513,30 @@ def reset(settings: Settings) -> ResetResult:
             at = back_to_baseline(settings)
             try:
                 answered = time.monotonic()
-                now = at.remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
+                recorded = _read(lab.root / BASELINE_MARK)
+                if recorded:
+                    why = mark_proves_baseline(recorded, at.mark)
+                    proof = "mark"
+                else:
+                    now = at.remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
+                    prove_baseline(lab, now)
+                    why, proof = "", "fingerprint"
             finally:
                 at.remote.close()
         done = time.monotonic()
-        prove_baseline(lab, now)
+        if why:
+            raise TestbedError(f"after the revert, lab {lab.name} is not the baseline that lab.up took: {why}",
+                               hint="start over: invoke lab.destroy lab.up")
         state.advance(lab, Phase.PROVISIONED, "reset")
         return ResetResult(method=at.method, revert_s=at.revert_s, first_command_s=at.login_s,
-                           fingerprint_s=done - answered, seconds=done - started)
+                           fingerprint_s=done - answered, seconds=done - started, proof=proof)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def prove_baseline(lab: paths.LabDir, now: str) -> None:
@@ -572,7 +655,10 @@ def _remove(settings: Settings, lab: paths.LabDir, provider: str) -> list[str]:
         _claim(settings, lab, provider)
         if libvirt.domain_owner(domain) is not None:
             libvirt.delete_snapshots(domain)
-    if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() and shutil.which("vagrant"):
+    # A lab started from an image is libvirt's alone (lab.up defined it): libvirt removes it in a
+    # second, where `vagrant destroy` spends ~4 s starting Ruby to do the same.
+    by_vagrant = not (provider == "libvirt" and uses_layers(settings))
+    if by_vagrant and lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() and shutil.which("vagrant"):
         with console.step(f"vagrant destroy {domain}", "the VM to be removed"):
             try:
                 LabVagrant(lab.root, timeout=300, step="vagrant destroy").destroy()
