@@ -233,7 +233,15 @@ def test_a_failure_in_a_function_or_a_pipe_names_the_failing_line(tmp_path: Path
     text = "#!/bin/bash\nset -euo pipefail\nf() {\n  false\n}\nf\n"
     code, output, marks = run_with_trap(tmp_path, text)
     assert code == 1 and [m[1] for m in marks] == [4]
-    rendered = layer.Script("x.sh", text, "`provision/x.sh.j2` of scenario s", tmp_path / "x.sh.j2")
+    template = tmp_path / "x.sh"
+    template.write_text("#!/bin/bash\n{% if true %}\nset -euo pipefail\n{% endif %}\nf() {\n  false\n}\nf\n")
+    rendered = layer.Script("x.sh", text, "`provision/x.sh` of scenario s", template)
     message = layer.failure_message(rendered, code, output, marks, tmp_path / "log", tmp_path / "kept" / "x.sh")
     assert f"at line 4 of the script as rendered ({tmp_path / 'kept' / 'x.sh'}): false" in message
     assert "(no output)" in message
+    template.write_text("#!/bin/bash\nset -euo pipefail\nf() {\n  false  # {{ vars.x }}\n}\nf\n")
+    message = layer.failure_message(rendered, code, output, marks, tmp_path / "log", tmp_path / "kept" / "x.sh")
+    assert "at line 4 of the script as rendered" in message, "the line differs from the rendered one"
+    template.write_text("#!/bin/bash\nuser={{ vars.user|sh }}\nf() {\n  false\n}\nf\n")
+    message = layer.failure_message(rendered, code, output, marks, tmp_path / "log", tmp_path / "kept" / "x.sh")
+    assert "at line 4: false" in message, "an expression on another line keeps the file's numbering"

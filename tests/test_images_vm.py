@@ -144,7 +144,7 @@ def test_a_failing_provisioning_script_is_named_and_kept(workdir: Path, scenario
                         "--keep-failing")
         assert result.returncode == 2, "a failing scenario script is the scenario's error"
         first = result.stderr.splitlines()[0]
-        assert first.startswith("error: provisioning script `provision/prepare.sh` of scenario img-broken failed "
+        assert first.startswith("error: provisioning script `provision/prepare.sh` of scenario img-bug failed "
                                 f"(exit 2) at line {failing_line}: ls /nonexistent-cgroup-lab-dir"), first
         assert "about to look for a directory" in result.stderr and "never printed" not in result.stderr
         log = workdir / ".lab" / name / "build" / "provision.log"

@@ -128,7 +128,7 @@ def _build(target: Target, packages: tuple[str, ...], mirror: str, timeout: floa
     write_files(work, {"rootfs-hook.sh": hook_script(target)})
     rootfs = work / "rootfs"
     with console.step(f"mmdebstrap {target.release}: {len(packages)} packages from {mirror}",
-                      "the packages to download and unpack (~1 min)", verbose) as on_line:
+                      "the packages to download and unpack (~1 min)", verbose, usual_s=90) as on_line:
         proc.run(["mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(packages),
                   "--dpkgopt=force-unsafe-io", f"--customize-hook={work / 'rootfs-hook.sh'}", target.release,
                   str(rootfs), mirror], step="mmdebstrap", timeout=timeout, waiting_for="mmdebstrap",
@@ -141,7 +141,8 @@ def _build(target: Target, packages: tuple[str, ...], mirror: str, timeout: floa
     shutil.copy2(kernels[-1], out / "vmlinuz")
     shutil.copy2(initrds[-1], out / "initrd.img")
     raw = work / "disk.raw"
-    with console.step("the disk image (mkfs.ext4 -d, no loop mounts; qcow2)", "mkfs (~5 s)", verbose) as on_line:
+    with console.step("the disk image (mkfs.ext4 -d, no loop mounts; qcow2)", "mkfs (~5 s)", verbose,
+                      usual_s=10) as on_line:
         with raw.open("wb") as fh:
             fh.truncate(DISK_SIZE_MB << 20)
         proc.run(["mkfs.ext4", "-F", "-q", "-U", root_uuid(target), "-d", str(rootfs), str(raw)],

@@ -250,13 +250,29 @@ def failure_message(script: Script, exit_code: int, output: list[str], errors: l
         lines = script.text.splitlines()
         command = lines[line_no - 1].strip() if 0 < line_no <= len(lines) else bash_command
         as_rendered = ""
-        if script.source is None or not script.source.is_file() or script.source.read_text() != script.text:
+        if not _same_line(script, line_no):
             as_rendered = f" of the script as rendered ({rendered})"
         where = f" at line {line_no}{as_rendered}: {command}"
     tail = [line for line in output if line.strip()][-TAIL_LINES:]
     shown = "\n".join(f"    {line}" for line in tail) or "    (no output)"
     return (f"provisioning script {script.label} failed (exit {exit_code}){where}\n"
             f"  its last output lines:\n{shown}\n  full log: {log}")
+
+
+def _same_line(script: Script, line_no: int) -> bool:
+    """The script's file (a template) has the rendered script's line at line_no and no block or
+    comment tag before it (which may remove lines): that line number is then the file's too."""
+    if script.source is None:
+        return False
+    try:
+        source = script.source.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    rendered = script.text.splitlines()
+    if not (0 < line_no <= len(source) and line_no <= len(rendered)):
+        return False
+    return source[line_no - 1] == rendered[line_no - 1] and not any(
+        "{%" in line or "{#" in line for line in source[:line_no])
 
 
 def _stream(remote: Remote, command: str, on_line, timeout: float) -> int:  # type: ignore[no-untyped-def]
