@@ -58,7 +58,8 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             for line in [str(p) for p in problems] if problems else [exc.message]:
                 console.error(line)
             if exc.hint:
-                console.err_console.print(f"  [dim]hint: {exc.hint}[/]")
+                # one line however long (a command to copy must not be wrapped), no markup from the hint
+                console.err_console.print(f"  [dim]hint: {escape(exc.hint)}[/]", soft_wrap=True)
             raise Exit(code=exc.exit_code) from None
         except OSError as exc:  # a path the user gave that cannot be read or written (--out, PATH)
             where = f": {exc.filename}" if exc.filename else ""

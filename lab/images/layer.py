@@ -150,7 +150,10 @@ def _build(layer: Layer, scripts: list[Script], work: Path, owner: str, boot_tim
             remote.run("install -d -m 0700 /root/cgroup-lab-provision", step="provisioning directory")
             remote.run("cat > /root/cgroup-lab-provision/errtrap.sh", stdin=ERR_TRAP, step="provisioning trap")
             for script in scripts:
-                failure = _run_script(remote, script, layer, work, command_timeout, verbose)
+                try:
+                    failure = _run_script(remote, script, layer, work, command_timeout, verbose)
+                except _ScriptFailed as exc:
+                    failure = str(exc)
                 if failure is not None:
                     kept = keep_failing
                     if kept:
@@ -221,9 +224,14 @@ def _run_script(remote: Remote, script: Script, layer: Layer, work: Path, timeou
         exit_code = _stream(remote, f"BASH_ENV=/root/cgroup-lab-provision/errtrap.sh bash {shlex.quote(path)}",
                             seen, timeout)
         fh.write(f"=== exit {exit_code}\n")
-    if exit_code == 0:
-        return None
-    return failure_message(script, exit_code, output, errors, log, work / "provision" / script.name)
+        if exit_code != 0:  # leaves the step without its check mark
+            failure = failure_message(script, exit_code, output, errors, log, work / "provision" / script.name)
+            raise _ScriptFailed(failure)
+    return None
+
+
+class _ScriptFailed(Exception):
+    """A provisioning script exited non-zero (carries the message; _run_script's caller decides)."""
 
 
 def parse_error_mark(line: str) -> tuple[int, int, str] | None:
