@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Task, task
+from rich.markup import escape
 
 from lab.core import console
 from lab.core.errors import LabError
