@@ -293,3 +293,17 @@ def test_a_mirror_that_does_not_answer_is_a_testbed_failure(tmp_path: Path) -> N
     assert result.stderr.startswith("error: mmdebstrap failed") and "Traceback" not in result.stderr
     images = tmp_path / "c" / "cgroup-lab" / "images"
     assert [p.name for p in images.iterdir()] == [], "no half-built image, no build directory"
+
+
+def test_every_bench_goal_reads_only_its_own_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A figure not measured in a run has no verdict, and no goal fails for another's absence."""
+    from lab.run import bench
+
+    for key, (goal, check) in bench.GOALS.items():
+        assert isinstance(check({key: 1e9}), bool) and isinstance(check({key: 0.0}), bool), key
+        assert goal
+    figures = {"target": "bookworm", "name": "img-bench", "up_cached_s": 4.2, "reset_s": 1.7}
+    monkeypatch.chdir(tmp_path)
+    bench._write(make_settings(tmp_path, target="bookworm", name="img-bench"), figures)
+    assert figures["goals"] == {"up_cached_s": {"goal": "<= 5 s", "met": True},
+                                "reset_s": {"goal": "<= 1 s", "met": False}}
