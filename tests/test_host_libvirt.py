@@ -45,3 +45,16 @@ def test_phase_clock_names_vagrants_phases_in_order() -> None:
     assert names == [phase for _, phase in VAGRANT_MARKS] + ["vagrant: exit"]
     assert len(seen) == 2 * len(VAGRANT_MARKS)
     assert clock.as_dict()["total_s"] >= 0
+
+
+@pytest.mark.integration
+def test_a_labs_network_reserves_its_address_and_a_build_network_forwards(network: str) -> None:
+    """A lab started from a saved state keeps a fixed address: its network's DHCP server gives the
+    image's MAC that address too (a reboot keeps it); an image build's network forwards (NAT)."""
+    octet = libvirt.pick_octet(201, network)
+    assert libvirt.ensure_network(network, octet, reserve=("52:54:00:aa:bb:cc", f"192.168.{octet}.2")) is True
+    xml = libvirt.virsh("net-dumpxml", network, check=True).stdout
+    assert f"<host mac='52:54:00:aa:bb:cc' ip='192.168.{octet}.2'/>" in xml and "<forward" not in xml
+    libvirt.cleanup(f"lab-test-net-dom-{os.getpid()}", network, owner="cgroup-lab test")
+    assert libvirt.ensure_network(network, octet, nat=True) is True
+    assert "<forward mode='nat'" in libvirt.virsh("net-dumpxml", network, check=True).stdout
