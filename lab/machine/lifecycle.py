@@ -128,13 +128,16 @@ def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settin
     return from_json(text, str(lab.settings_file))
 
 
-def require_provider(provider: str) -> None:
-    """The provider's tools are there and libvirt answers (started by hand without systemd)."""
+def require_provider(provider: str, vagrant: bool = True) -> None:
+    """The provider's tools are there and libvirt answers (started by hand without systemd).
+    vagrant False: the lab starts from an image with virsh alone (no `vagrant plugin list`, which
+    starts Ruby for ~1 s)."""
     if provider == "libvirt":
-        tools.require("vagrant", "virsh")
-        out = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120).output
-        if "vagrant-libvirt" not in out:
-            raise ToolMissing("the vagrant-libvirt plugin is missing", hint=tools.hint("vagrant-libvirt"))
+        tools.require(*(("vagrant", "virsh") if vagrant else ("virsh",)))
+        if vagrant:
+            out = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120).output
+            if "vagrant-libvirt" not in out:
+                raise ToolMissing("the vagrant-libvirt plugin is missing", hint=tools.hint("vagrant-libvirt"))
         libvirt.ensure_daemons()
         libvirt.ensure_pool()
     else:
@@ -164,7 +167,10 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False, kee
     stays running (lab.destroy removes it). Raises LabBusy, LabError, TestbedError."""
     lab = paths.lab_dir(settings.name)
     libvirt.use(settings)
-    tools.require(*(("vagrant", "virsh") if resolve_provider(settings) == "libvirt" else ("VBoxManage",)))
+    if resolve_provider(settings) != "libvirt":
+        tools.require("VBoxManage")
+    else:
+        tools.require(*(("virsh",) if uses_layers(settings) else ("vagrant", "virsh")))
     with state.locked(lab, "up"):
         _up(settings, lab, verbose, force_build, keep_failing)
 
@@ -175,7 +181,7 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool,
     if provider not in target.providers:
         raise LabError(f"target {target.name} has no {provider} box",
                        hint=f"use provider: {', '.join(target.providers)}")
-    require_provider(provider)
+    require_provider(provider, vagrant=not uses_layers(settings))
     _claim(settings, lab, provider)
     st = state.read(lab)
     domain = domain_name(settings)
