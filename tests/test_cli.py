@@ -150,7 +150,10 @@ def test_trusty_build_refuses_when_the_iso_does_not_answer(tmp_path: Path) -> No
     result = invoke(tmp_path, "lab.build", "--target", "trusty",
                     env={"LAB_ISO_URL": f"http://127.0.0.1:{port}/ubuntu-14.04.6-server-amd64.iso",
                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert_clean_refusal(result, tmp_path, "cannot be built here", "local box")
+    assert result.returncode == 3, result.stderr  # the testbed's reach, not a bad setting
+    assert "Traceback" not in result.stderr
+    assert "cannot be built here: the Ubuntu 14.04 ISO cannot be reached from this host" in result.stderr
+    assert "local box" in result.stderr
 
 
 def test_an_unwritable_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from lab.config.settings import Settings
 from lab.core.console import console
 from lab.core.errors import TestbedError
-from lab.host import accel, libvirt, tools
+from lab.host import accel, libvirt, proc, tools
 from lab.host.probes import url_answers
 from lab.host.providers import resolve_provider
 
@@ -30,10 +29,11 @@ def _tool(name: str, required: bool = True, version_args: tuple[str, ...] = ("--
     if not path:
         return Check(name, False, "not found", hint, required)
     try:
-        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)
+        out = proc.run([path, *version_args], step=f"{name} {' '.join(version_args)}", timeout=60, check=False,
+                       split_stderr=True)
         first = (out.stdout or out.stderr).strip().splitlines()
         detail = first[0] if first else path
-    except subprocess.TimeoutExpired:
+    except TestbedError:  # no answer within the minute
         detail = f"{path} (no version answer)"
     return Check(name, True, detail, hint, required)
 
@@ -58,8 +58,8 @@ def checks(settings: Settings, provider: str) -> list[Check]:
     if provider == "libvirt":
         plugins = ""
         if shutil.which("vagrant"):
-            plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=120,
-                                     check=False).stdout
+            plugins = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120,
+                               check=False, split_stderr=True).stdout
         found.append(Check("vagrant-libvirt", "vagrant-libvirt" in plugins, plugins.strip() or "not installed",
                            tools.hint("vagrant-libvirt")))
         found.append(_tool("virsh", version_args=("-v",)))

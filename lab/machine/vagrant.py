@@ -8,13 +8,12 @@ status()/ssh_config() would otherwise return output of a failed command).
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import vagrant
 
-from lab.core.errors import LabError
+from lab.core.errors import TestbedError
 from lab.host import proc, tools
 
 
@@ -38,14 +37,11 @@ class LabVagrant(vagrant.Vagrant):
 
     def _run_vagrant_command(self, args: list[str | None]) -> str:  # type: ignore[override]
         command = self._make_vagrant_command(args)
-        try:
-            result = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
-                                    timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"vagrant {args[0]} did not answer within {self.timeout:.0f}s") from None
+        result = proc.run(command, step=f"vagrant {args[0]}", timeout=self.timeout, waiting_for=f"vagrant {args[0]}",
+                          env=self.env, cwd=Path(self.root), check=False, split_stderr=True)
         if result.returncode != 0:
             last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
-            raise LabError(f"vagrant {args[0]} failed (exit {result.returncode}): " + " / ".join(last))
+            raise TestbedError(f"vagrant {args[0]} failed (exit {result.returncode}): " + " / ".join(last))
         return result.stdout
 
     def _stream_vagrant_command(self, args: list[str | None]):  # type: ignore[override]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from lab.config.settings import Settings
 from lab.core import paths
 from lab.core.console import console
 from lab.core.errors import LabError
-from lab.host import libvirt, tools
+from lab.host import libvirt, proc, tools
 from lab.images.build import build
 from lab.machine import lifecycle, phases
 from lab.remote.shell import Shell
@@ -40,10 +39,7 @@ def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
     found = []
     for _ in range(samples):
         started = time.monotonic()
-        result = subprocess.run([exe, "ssh", "-c", "true"], cwd=lab.root, capture_output=True, timeout=120,
-                                check=False)
-        if result.returncode != 0:
-            raise LabError(f"vagrant ssh -c true failed: {result.stderr.decode(errors='replace')[-300:]}")
+        proc.run([exe, "ssh", "-c", "true"], step="vagrant ssh -c true", timeout=120, cwd=lab.root)
         found.append(time.monotonic() - started)
     return found
 

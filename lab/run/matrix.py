@@ -1,7 +1,8 @@
 """lab.matrix: one scenario over several targets. For each target: bring its lab up (or use it when
-it is up), verify, destroy it unless kept; a target that cannot be built here is "not run" with its
-reason. With jobs > 1, that many labs run side by side, each writing its output into its own log.
-Then one combined record (matrix.json) in its own directory, rendered by lab.report.matrix."""
+it is up), verify, destroy it unless kept; a target whose sources do not answer from this host (a
+probe made now) is "not run" with what the probe found. With jobs > 1, that many labs run side by
+side, each writing its output into its own log. Then one combined record (matrix.json) in its own
+directory, rendered by lab.report.matrix."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from lab.config.targets import get_target
 from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError
 from lab.core.files import write_files
+from lab.host.probes import sources_silent
+from lab.images.build import cached_box
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
@@ -28,11 +31,12 @@ def matrix_root(scenario_id: str, project_dir: Path | None = None) -> Path:
     return paths.state_root(project_dir) / MATRIX_DIR / scenario_id
 
 
-def _why_not(settings: Settings) -> str:
-    target = settings.target_data
-    if settings.box or target.buildable_here:
-        return ""
-    return target.why_not or f"target {target.name} cannot be built on this host"
+def why_not(settings: Settings) -> str:
+    """Why a lab of these settings cannot run from this host, as a probe finds it now ("" when it
+    can): each source its target downloads (Target.sources), the build's only while there is no box
+    (settings.box, or the cache has it), must answer at one of its URLs."""
+    has_box = bool(settings.box) or cached_box(settings).path.is_file()
+    return sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box)
 
 
 def _cell(settings: Settings, rec: dict) -> dict:
@@ -120,8 +124,9 @@ def _logged(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: e
 def _on_host(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
     """_one on a host of the pool (the one its lab is up on, if it is); the cell says which host.
     A lab that failed on a host that then no longer answers takes that host out of the pool."""
-    if _why_not(s):
-        return _one(s, target, keep, publish_run)
+    why = why_not(s)
+    if why:
+        return _one(s, target, keep, publish_run, why)
     try:
         with pool.slot(target, _pinned(s)) as host:
             return _on(pool, replace(s, libvirt_uri=host.uri), host, target, keep, publish_run)
@@ -153,11 +158,11 @@ def _pinned(s: Settings) -> str:
         return ""
 
 
-def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
+def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None, why: str = "") -> dict:
+    """One cell: not run (why, from why_not()), or up, verify, destroy (unless kept), timed."""
     cell: dict = {"target": target, "title": s.target_data.title, "name": s.name, "status": "not run", "ok": False,
                   "why": "", "seconds": {"up": 0.0, "verify": 0.0, "destroy": 0.0, "total": 0.0}, "tries": {}}
     began = time.monotonic()
-    why = _why_not(s)
     if why:
         cell["why"] = why
         console.info(f"  [yellow]not run[/]: {why}")
