@@ -222,21 +222,8 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     domain = domain_name(settings)
     if st.phase in state.READY and provider == "libvirt":
         running = libvirt.domain_state(domain)
-        if running == "running":
-            with console.step(f"lab {settings.name} is already up (baseline of {st.baseline_at}); checking SSH",
-                              "sshd in the guest"), connect(settings, connect_timeout=30):
-                pass
-            paths.remember_current(settings.name)
-            console.info(f"[green]✓[/] lab {settings.name} is up and answers; nothing re-provisioned. "
-                         "next: invoke lab.verify (or lab.reset for the baseline)")
-            return
         if running != "not created":
-            console.info(f"lab {settings.name} is {running}: starting it from its baseline snapshot")
-            libvirt.revert_baseline(domain)
-            with connect(settings, connect_timeout=settings.ssh_timeout):
-                pass
-            paths.remember_current(settings.name)
-            console.info(f"[green]✓[/] lab {settings.name} is up again at its baseline")
+            _bring_back(settings, lab, running, st.baseline_at)
             return
         console.info(f"lab {settings.name} was provisioned but its VM is gone: starting over")
     if not settings.box:
@@ -299,6 +286,43 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
     clock.save(lab.root / UP_PHASES)
     console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel; next: invoke lab.verify")
+
+
+def _bring_back(settings: Settings, lab: paths.LabDir, running: str, baseline_at: str) -> None:
+    """lab.up of a provisioned lab whose domain exists: repair what can be repaired (its network,
+    gone or stopped, is defined and started again; said), then check SSH. A VM that is not running,
+    had lost its network or does not answer is restarted from its baseline snapshot (said): a
+    restarted QEMU plugs the guest into the network again. Raises TestbedError when that fails."""
+    domain = domain_name(settings)
+    restart = running != "running"
+    with _network_lock(settings):
+        active = libvirt.network_active(domain)
+        if not active:
+            octet = load_facts(lab).network_octet
+            libvirt.ensure_network(domain, octet)
+            console.info(f"[yellow]the lab's network {domain} was {'gone' if active is None else 'stopped'}: "
+                         f"{'defined it again' if active is None else 'started it'} (192.168.{octet}.0/24)[/]")
+            restart = True  # the guest's port was on the old bridge
+    if not restart:
+        try:
+            with console.step(f"lab {settings.name} is already up (baseline of {baseline_at}); checking SSH",
+                              "sshd in the guest"), connect(settings, connect_timeout=settings.reach_timeout):
+                pass
+            paths.remember_current(settings.name)
+            console.info(f"[green]✓[/] lab {settings.name} is up and answers; nothing re-provisioned. "
+                         "next: invoke lab.verify (or lab.reset for the baseline)")
+            return
+        except TestbedError as exc:
+            console.info(f"[yellow]{exc.message}[/]")
+    console.info(f"lab {settings.name} is {running}: restarting it from its baseline snapshot")
+    if running == "running":
+        libvirt.restart_baseline(domain)
+    else:
+        libvirt.revert_baseline(domain)
+    with connect(settings, connect_timeout=settings.ssh_timeout):
+        pass
+    paths.remember_current(settings.name)
+    console.info(f"[green]✓[/] lab {settings.name} is up again at its baseline")
 
 
 def _settle(remote: Remote, settings: Settings, verbose: bool) -> None:
