@@ -86,7 +86,8 @@ def load_facts(lab: paths.LabDir) -> LabFacts:
         raise LabError(f"lab {lab.name} has not been rendered ({lab.root / FACTS} is missing)",
                        hint="run: invoke lab.up") from None
     except (ValueError, TypeError) as exc:
-        raise LabError(f"{lab.root / FACTS} is damaged ({exc})", hint="run: invoke lab.up") from None
+        raise TestbedError(f"{lab.root / FACTS} is damaged ({exc})",
+                           hint=f"next: invoke lab.destroy --name {lab.name}, then lab.up") from None
 
 
 def _saved_octet(lab: paths.LabDir) -> int | None:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lab.core.errors import LabBusy, LabError
+from lab.core.errors import LabBusy, LabError, TestbedError
 from lab.core.files import write_files
 from lab.core.paths import LabDir
 
@@ -54,14 +54,17 @@ def now() -> str:
 
 
 def read(lab: LabDir) -> LabState:
-    """The lab's recorded state; ABSENT when none was recorded (LabError if the file is damaged)."""
+    """The lab's recorded state; ABSENT when none was recorded. Raises TestbedError (exit 3) when the
+    file is damaged: the lab's own state broke, not the input (lab.destroy sets it aside)."""
     try:
         raw = json.loads(lab.state_file.read_text(encoding="utf-8"))
         return LabState(**{**raw, "phase": Phase(raw["phase"])})
     except FileNotFoundError:
         return LabState()
     except (ValueError, TypeError, KeyError) as exc:
-        raise LabError(f"{lab.state_file} is damaged ({exc})", hint="run: invoke lab.destroy, then lab.up") from None
+        raise TestbedError(f"{lab.state_file} is damaged ({type(exc).__name__}: {exc})",
+                           hint=f"next: invoke lab.destroy --name {lab.name} (it sets the file aside), then lab.up") \
+            from None
 
 
 def peek(lab: LabDir) -> tuple[LabState | None, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.config.settings import Settings
 from lab.core import paths
 from lab.core.console import console
-from lab.core.errors import LabError
+from lab.core.errors import VerifyFailed
 from lab.host import libvirt, proc, tools
 from lab.images.build import build
 from lab.machine import lifecycle, phases
@@ -75,7 +75,7 @@ def verify_figures(settings: Settings, only: tuple[str, ...] = ()) -> tuple[floa
     wall = time.monotonic() - started
     rec = record.load(paths.lab_dir(settings.name).reports / record.LATEST)
     if not ok:
-        raise LabError("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
+        raise VerifyFailed("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
     guest = sum(s["guest_seconds"] or 0.0 for s in rec["steps"])
     return wall, guest, rec
 
