@@ -189,14 +189,16 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
 
     proc.set_verbose(verbose)
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
-    lifecycle.refuse_changes(s.name, _now(target, scenario, provider=provider, name=name, libvirt_uri=libvirt_uri,
-                                          config=config))
+    now = _now(target, scenario, provider=provider, name=name, libvirt_uri=libvirt_uri, config=config)
+    was_up = lifecycle.hold_settings(s.name, now)
     _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None)
     if problems:
         for line in problems:
             console.error(line)
         raise Exit(code=2)
     lifecycle.up(s, verbose=verbose, force_build=rebuild)
+    if not was_up:
+        lifecycle.record_given(s.name, now)
 
 
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
@@ -235,7 +237,8 @@ def status(c, target=None, scenario=None, name=None):
         console.info(f"{key:>9}: {value}")
     for note in notes:
         console.info(f"[yellow]{'settings':>9}: {note}[/]")
-    for key, source, frozen, now in settings.frozen_changes(s, _now(target, scenario)) if not notes else ():
+    changes = settings.frozen_changes(s, _now(target, scenario), lifecycle.given_at_up(s.name)) if not notes else []
+    for key, source, frozen, now in changes:
         console.info(f"[yellow]{'changed':>9}: {key} is {now!r} in {source}, but the lab was brought up with "
                      f"{frozen!r}: lab.destroy, then lab.up, to apply it[/]")
 

@@ -335,3 +335,19 @@ def test_an_unwritable_out_is_bad_input(tmp_path: Path) -> None:
     result = invoke(tmp_path, "lab.render", "--target", "bookworm", "--out", str(a_file / "sub"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: --out {a_file / 'sub'}: Not a directory")
+
+
+def test_vagrants_ruby_backtrace_is_left_out() -> None:
+    """A Ruby crash of Vagrant (vagrant status ended with three such frames when the lab's network had
+    been removed, measured in tests/test_vm_exits.py; the message line here is of that shape): the
+    message, not Ruby's frames."""
+    from lab.machine.vagrant import said
+
+    crash = ("/usr/share/rubygems-integration/all/gems/vagrant-libvirt-0.11.2/lib/vagrant-libvirt/driver.rb:194:"
+             "in `list_all_networks': Call to virConnectListAllNetworks failed: Network not found "
+             "(Libvirt::RetrieveError)\n"
+             "\tfrom /usr/share/rubygems-integration/all/gems/vagrant-2.3.4/bin/vagrant:243:in `<top (required)>'\n"
+             "\tfrom /usr/bin/vagrant:25:in `load'\n\tfrom /usr/bin/vagrant:25:in `<main>'\n")
+    assert said(crash) == "Call to virConnectListAllNetworks failed: Network not found (Libvirt::RetrieveError)"
+    assert said("==> lab-x: Creating image\nError while activating network: gone.\n") == \
+        "==> lab-x: Creating image / Error while activating network: gone."

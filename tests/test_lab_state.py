@@ -177,6 +177,30 @@ def test_status_shows_a_change_that_waits_for_a_new_vm(tmp_path: Path) -> None:
         status.stdout
 
 
+@pytest.mark.integration
+def test_a_value_is_held_only_against_one_from_as_strong_a_place(tmp_path: Path) -> None:
+    """Brought up with LAB_MEMORY=2048 (lab.up recorded where it came from): the checked-in lab.toml's
+    memory = 1024 does not stop the next command (it goes on to libvirt, exit 3 here), LAB_MEMORY=4096 does."""
+    lab = a_lab_that_is_up(tmp_path, memory=2048)
+    (lab / "settings-given.json").write_text(json.dumps({"memory": "LAB_MEMORY", "target": "--target"}))
+    (tmp_path / "lab.toml").write_text("memory = 1024\n")
+    line = refusal(invoke(tmp_path, "lab.verify"), 3)
+    assert f"the VM of lab {NAME} (lab-{NAME}) is not created" in line
+    line = refusal(invoke(tmp_path, "lab.verify", env={"LAB_MEMORY": "4096"}), 2)
+    assert "setting 'memory' (from LAB_MEMORY) is 4096, but lab" in line and "brought up with 2048" in line
+
+
+def test_the_layers(tmp_path: Path) -> None:
+    frozen = make_settings(tmp_path, target="bookworm", name="x", memory=2048)
+    from_file = {"memory": (1024, "lab.toml")}
+    assert settings.frozen_changes(frozen, from_file, {"memory": "LAB_MEMORY"}) == []
+    assert settings.frozen_changes(frozen, from_file, {"memory": "lab.toml"}) == [("memory", "lab.toml", 2048, 1024)]
+    assert settings.frozen_changes(frozen, from_file, {}) == [("memory", "lab.toml", 2048, 1024)], \
+        "a default at up, a value in lab.toml now"
+    assert settings.frozen_changes(frozen, {"memory": (4096, "--memory")}, {"memory": "LAB_MEMORY"}) != []
+    assert settings.frozen_changes(frozen, {"memory": (2048, "LAB_MEMORY")}, {}) == [], "the same value"
+
+
 def test_run_time_keys_apply_at_once(tmp_path: Path) -> None:
     """main ran a lab on the command_timeout it froze at up (300) whatever LAB_COMMAND_TIMEOUT said."""
     frozen = make_settings(tmp_path, target="bookworm", name="x")

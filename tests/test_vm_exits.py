@@ -8,6 +8,7 @@ Marked `vm` (boots one VM; run it under /work/bin/vm-slot). The lab is destroyed
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         up, _ = invoke(workdir, "lab.up", "--target", "bookworm-unified", "--name", NAME, timeout=3600)
         assert up.returncode == 0
+        given = json.loads((workdir / ".lab" / NAME / "settings-given.json").read_text())
+        assert given["target"] == "--target" and given["name"] == "--name", "lab.up records where each key came from"
         yield workdir
     finally:
         invoke(workdir, "lab.destroy", "--name", NAME, timeout=600)

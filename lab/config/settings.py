@@ -237,6 +237,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
 
 
 Given = dict[str, tuple[object, str]]  # key -> (checked value, where it came from: lab.toml, LAB_X, --flag)
+Change = tuple[str, str, object, object]  # key, where the new value came from, frozen value, new value
 
 
 def given(
@@ -291,20 +292,34 @@ def _counts(key: str, source: str) -> bool:
     return APPLIES[key] != NAMES and (key not in ("target", "scenario") or source.startswith("--"))
 
 
-def frozen_changes(frozen: Settings, now: Given) -> list[tuple[str, str, object, object]]:
-    """(key, source, frozen value, value given now) for each VM key given now with another value
-    than the lab was brought up with."""
+def layer(source: str) -> int:
+    """How strong the place a value came from is: 0 the default, 1 a settings file, 2 LAB_*, 3 a flag."""
+    return 0 if not source else 3 if source.startswith("--") else 2 if source.startswith(ENV_PREFIX) else 1
+
+
+def sources(now: Given) -> dict[str, str]:
+    """{key: where it came from} of the keys given: what lab.up records next to the values it froze."""
+    return {k: source for k, (_, source) in now.items()}
+
+
+def frozen_changes(frozen: Settings, now: Given, at_up: Mapping[str, str] | None = None) -> list[Change]:
+    """(key, source, frozen value, value given now) for each VM key given now with another value than
+    the lab was brought up with, from a place at least as strong as the one that set it at up
+    (at_up: sources() recorded by lab.up; a lab without the record counts as lab.toml's): a value
+    in lab.toml is not held against a lab brought up with LAB_MEMORY=2048, an edited lab.toml is."""
+    recorded = at_up if at_up is not None else dict.fromkeys(KEYS, "lab.toml")
     return [(k, source, getattr(frozen, k), value) for k, (value, source) in now.items()
-            if _counts(k, source) and APPLIES[k] == VM and value != getattr(frozen, k)]
+            if _counts(k, source) and APPLIES[k] == VM and value != getattr(frozen, k)
+            and layer(source) >= layer(recorded.get(k, ""))]
 
 
-def for_lab(frozen: Settings, now: Given, refuse: bool = True) -> Settings:
+def for_lab(frozen: Settings, now: Given, refuse: bool = True, at_up: Mapping[str, str] | None = None) -> Settings:
     """The settings a lab that is up runs with: what lab.up froze, with the RUN keys given now
-    (lab.toml, LAB_*, flags) applied. A VM key given now with another value is refused
-    (FrozenSetting, exit 2, naming both values and lab.destroy); with refuse=False it is left as
-    frozen (lab.status, lab.destroy). Raises SettingError when a RUN key does not fit the lab (a
-    fix its scenario does not have on its target)."""
-    changed = frozen_changes(frozen, now)
+    (lab.toml, LAB_*, flags) applied. A VM key given now with another value (frozen_changes) is
+    refused (FrozenSetting, exit 2, naming both values and lab.destroy); with refuse=False it is
+    left as frozen (lab.status, lab.destroy). Raises SettingError when a RUN key does not fit the
+    lab (a fix its scenario does not have on its target)."""
+    changed = frozen_changes(frozen, now, at_up)
     if changed and refuse:
         key_, source, was, value = changed[0]
         raise FrozenSetting(key_, source, was, value, frozen.name)

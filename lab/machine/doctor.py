@@ -117,10 +117,10 @@ def remote_checks(settings: Settings) -> list[Check]:
         raise TestbedError(f"libvirt host {host.uri}: libvirtd does not answer ({detail})",
                            hint="start libvirtd on that host (systemctl start libvirtd, or libvirtd -d)")
     found.append(Check("libvirtd", True, f"{detail} on {where}"))
-    pool = libvirt.virsh("pool-info", libvirt.POOL)
-    running = pool.returncode == 0 and re.search(r"State:\s+running", pool.stdout) is not None
-    found.append(Check(f"storage pool {libvirt.POOL}", True if pool.returncode != 0 else running,
-                       "running" if running else "absent: lab.up defines it" if pool.returncode != 0
+    pool = libvirt.lookup("pool", "pool-info", libvirt.POOL)  # None: libvirt has no such pool
+    running = pool is not None and re.search(r"State:\s+running", pool.stdout) is not None
+    found.append(Check(f"storage pool {libvirt.POOL}", True if pool is None else running,
+                       "running" if running else "absent: lab.up defines it" if pool is None
                        else "defined but not running", f"virsh -c URI pool-start {libvirt.POOL}"))
     caps = libvirt.virsh("domcapabilities", "--virttype", "kvm")
     listed = caps.returncode == 0 and "<domain>kvm</domain>" in caps.stdout

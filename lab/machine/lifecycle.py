@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from lab.config.settings import CHECKS, Given, Settings, for_lab, from_json
+from lab.config.settings import CHECKS, Given, Settings, for_lab, from_json, sources
 from lab.core import console, paths
 from lab.core.errors import LabBusy, LabError, TestbedError, ToolMissing
 from lab.core.files import write_files
@@ -36,6 +36,7 @@ from lab.render.plan import plan
 FACTS = "facts.json"
 UP_PHASES = "up-phases.json"  # where the last lab.up's time went (lab.bench reads it)
 ENDPOINT = "endpoint.json"
+GIVEN = "settings-given.json"  # where each key lab.up froze came from (lab.toml, LAB_X, --flag)
 # What fixes change and a baseline must not carry: PAM and sudo configuration, lingering users, the
 # users' own cgroups under /sys/fs/cgroup; one sha256 over all of it, taken at the snapshot. Not the
 # user@UID.service cgroups (cgroup v2 delegates them to the user): systemd starts one at a login
@@ -126,22 +127,38 @@ def load_lab(name: str | None = None, project_dir: Path | None = None, now: Give
         raise LabError(f"lab {name!r} has not been brought up here ({lab.settings_file} is missing)",
                        hint="run: invoke lab.up with the same --target/--scenario (or --name)") from None
     frozen = from_json(text, str(lab.settings_file))
-    return for_lab(frozen, now, refuse) if now else frozen
+    return for_lab(frozen, now, refuse, given_at_up(name, project_dir)) if now else frozen
 
 
-def refuse_changes(name: str, now: Given) -> None:
-    """Before lab.up acts on a lab that is up: a VM key given now with another value than the lab
-    was brought up with is refused (FrozenSetting, exit 2); a lab not up, or without readable
-    settings, has nothing to hold against."""
-    lab = paths.lab_dir(name)
-    st, _ = state.peek(lab)
-    if st is None or st.phase not in (*state.READY, Phase.UP):
-        return
+def given_at_up(name: str, project_dir: Path | None = None) -> dict[str, str] | None:
+    """Where each key lab.up froze came from (settings.sources(): lab.toml, LAB_X, --flag), as
+    lab.up recorded it in .lab/<name>/settings-given.json; None when it did not (an older lab)."""
+    try:
+        raw = json.loads((paths.lab_dir(name, project_dir).root / GIVEN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+
+
+def hold_settings(name: str, now: Given) -> bool:
+    """At lab.up, before anything: a lab that is up refuses a VM key given now with another value
+    than it was brought up with (FrozenSetting, exit 2; settings.frozen_changes). Returns whether
+    the lab was up (its settings stay as they were frozen)."""
+    st, _ = state.peek(paths.lab_dir(name))
+    if st is None or st.phase not in state.READY:
+        return False
     try:
         frozen = load_lab(name)
     except LabError:
-        return
-    for_lab(frozen, now)
+        return True
+    for_lab(frozen, now, at_up=given_at_up(name))
+    return True
+
+
+def record_given(name: str, now: Given) -> None:
+    """After lab.up brought a lab up: where each key given came from (settings.sources), for the
+    commands to come (frozen_changes holds a value only against one from as strong a place)."""
+    write_files(paths.lab_dir(name).root, {GIVEN: json.dumps(sources(now), indent=2, sort_keys=True) + "\n"})
 
 
 def salvage_lab(name: str, fallback: Settings, set_aside: bool) -> tuple[Settings, list[str]]:
@@ -254,8 +271,10 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     except BaseException:
         if early:
             early.cancel()
-        answers = provider == "libvirt" and libvirt.reachable()
-        left = libvirt.domain_state(domain) if answers else "its state unknown: libvirtd does not answer"
+        try:
+            left = libvirt.domain_state(domain) if provider == "libvirt" else "its state unknown"
+        except LabError as exc:  # said, and the failure that ended the up goes on up
+            left = f"its state unknown: {exc.message}"
         what = "nothing" if left == "not created" else f"domain {domain} ({left})"
         console.info(f"[yellow]lab.up did not finish; it left: {what}. The next lab.up cleans it up and starts "
                      f"over; lab.destroy removes it.[/]")
