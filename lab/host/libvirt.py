@@ -275,6 +275,24 @@ def guest_address(domain: str) -> str | None:
     return m.group(1) if m else None
 
 
+def channel_paths(domain: str, names: tuple[str, ...]) -> dict[str, str]:
+    """{virtio-serial port name: the host's unix socket path} of the running domain's channels of
+    those names (libvirt picks the paths when the domain starts; read from `virsh dumpxml`). Ports
+    the domain lacks are left out."""
+    import xml.etree.ElementTree as ET
+
+    result = virsh("dumpxml", domain)
+    if result.returncode != 0 or not result.stdout.strip():
+        return {}
+    found = {}
+    for channel in ET.fromstring(result.stdout).iter("channel"):
+        target, source = channel.find("target"), channel.find("source")
+        name = target.get("name") if target is not None else None
+        if channel.get("type") == "unix" and name in names and source is not None and source.get("path"):
+            found[name] = str(source.get("path"))
+    return found
+
+
 def domain_exists(domain: str) -> bool:
     return virsh("dominfo", domain).returncode == 0
 
