@@ -64,3 +64,38 @@ def test_a_command_that_does_not_finish_times_out(ports) -> None:
     held, _ = ports
     with pytest.raises(errors.TestbedError, match="did not finish within 1s"):
         PortShell(held, as_root=False, user="labadmin").run("sleep 5", timeout=1)
+
+
+@pytest.mark.integration
+def test_the_perl_relay_carries_both_ways(tmp_path) -> None:
+    """The relay a remote libvirt host runs (over SSH) between the channel and a port's unix
+    socket: here a local unix socket server and the relay as a local process (what sshd would run)."""
+    import threading
+
+    from lab.remote.port import relay_command
+
+    path = tmp_path / "port.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(100))
+            conn.sendall(b"from the port\n")
+            conn.recv(100)  # until the relay closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    relay = subprocess.Popen(["bash", "-c", relay_command(str(path))], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert relay.stdin is not None and relay.stdout is not None
+    relay.stdin.write(b"to the port\n")
+    relay.stdin.flush()
+    assert relay.stdout.readline() == b"from the port\n"
+    relay.stdin.close()  # the SSH channel closes: the relay ends
+    assert relay.wait(timeout=10) == 0
+    thread.join(5)
+    assert got == [b"to the port\n"]
+    server.close()

@@ -38,12 +38,12 @@ from lab.remote.ssh import CommandResult, command_failed
 
 PORTS = ("lab.admin", "lab.admin.err", "lab.root", "lab.root.err")
 GUEST_DIR = "/dev/virtio-ports"
-# Debian's perl-base (essential) has IO::Socket::UNIX: copy stdin to the socket and the socket to
-# stdout; when stdin ends (the SSH channel closed), end both.
+# Debian's perl-base (essential) has IO::Socket::UNIX: the relay copies stdin to the socket and (a
+# child) the socket to stdout; when stdin ends (the SSH channel closed) it ends both, exit 0.
 PERL_RELAY = ("use IO::Socket::UNIX; $|=1; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\\n\";"
-              " my $p = fork(); if ($p) { my $b; while (sysread($s, $b, 65536)) { syswrite(STDOUT, $b) } "
-              "kill 'TERM', $p; exit 0 } my $b; while (sysread(STDIN, $b, 65536)) { syswrite($s, $b) } "
-              "kill 'TERM', getppid(); exit 0")
+              " my $b; my $p = fork(); if (!$p) { while (sysread($s, $b, 65536)) { syswrite(STDOUT, $b) } "
+              "kill 'TERM', getppid(); exit 0 } while (sysread(STDIN, $b, 65536)) { syswrite($s, $b) } "
+              "kill 'TERM', $p; exit 0")
 
 
 class Stream(Protocol):
