@@ -34,7 +34,7 @@ PROC = ROOT / "lab" / "host" / "proc.py"
 
 
 def sources() -> list[Path]:
-    return [*sorted((ROOT / "lab").rglob("*.py")), ROOT / "tasks.py"]
+    return sorted([*(ROOT / "lab").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")])
 
 
 # --- one way to run a process ---------------------------------------------------------------------
@@ -111,6 +111,8 @@ INTERNAL = {
     "ValueError": "pydantic validators in lab/config/scenario.py (pydantic turns it into a ScenarioError); "
                   "plan's via table (a programming error)",
     "BadUri": "lab/config/libvirt_uri.py; settings turns it into a SettingError",
+    "RecordError": "lab/run/record.py; lab.report.load_record turns it into a LabError, lab.matrix leaves the "
+                   "record out of the cell",
     "TimeoutError": "lab/remote: command_failed() turns it into a TestbedError",
     "EOFError": "lab/remote/shell.py: command_failed() turns it into a TestbedError",
     "paramiko.SSHException": "lab/remote/ssh.py: command_failed() turns it into a TestbedError",
@@ -118,7 +120,7 @@ INTERNAL = {
     "Stopped": "lab/core/wait.py: the early login's cancel (lifecycle._EarlyLogin)",
     "Stop": "lab/run/live.py: the presenter's q, caught by the engine",
     "KeptFailing": "lab/run/engine.py: --keep-failing, caught by the engine",
-    "KeyboardInterrupt": "tasks.py: SIGTERM as Ctrl-C, exit 130",
+    "KeyboardInterrupt": "lab/cli/tasks.py: SIGTERM as Ctrl-C, exit 130",
 }
 # Raises whose error is built elsewhere (a function returning the error, or one already caught).
 PASSED_ON = {"failed", "command_failed", "failures[0]", "self.broken", "error or TestbedError", "exc", "gone",
@@ -181,7 +183,7 @@ def test_every_raise_is_in_the_table() -> None:
 
 
 def test_every_exit_code_given_to_invoke_is_in_the_table() -> None:
-    text = (ROOT / "tasks.py").read_text(encoding="utf-8")
+    text = (ROOT / "lab" / "cli" / "tasks.py").read_text(encoding="utf-8")
     codes = {int(c) for c in re.findall(r"raise Exit\(code=(\d+)\)", text)}
     assert codes and codes <= set(exit_table())
     assert "raise Exit(code=exc.exit_code)" in text and "raise Exit(code=error.exit_code)" in text

@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lab.config.targets import all_targets
 from lab.core.errors import LabError, did_you_mean
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import SCENARIOS_DIR
 
-SCENARIOS_DIR = PROJECT_DIR / "scenarios"
 SCENARIO_FILE = "scenario.toml"
 DEFAULT_SCENARIO = "sudo-lxc-cgroups"
 
@@ -164,6 +163,8 @@ class ScenarioModel(Strict):
     provision: list[Provision] = []
     evidence: list[Evidence] = []
     teardown: str = ""
+    # how tries are kept apart: every try from the baseline snapshot, or the teardown between tries
+    isolation: Literal["snapshot", "teardown"] = "snapshot"
     outcomes: dict[str, OutcomeDef] = Field(min_length=1)
     observe: Observe
     baseline: Baseline

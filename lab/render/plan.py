@@ -83,6 +83,7 @@ class Plan:
     outcomes: dict[str, dict[str, Any]]
     baseline: PlannedTry
     fixes: tuple[PlannedTry, ...] = field(default=())
+    isolation: str = "snapshot"  # the scenario's: "snapshot" or "teardown"
 
     def fix(self, fix_id: str) -> PlannedTry:
         """The planned fix; LabError with a did-you-mean when the scenario has none of that id here."""
@@ -199,5 +200,5 @@ def plan(settings: Settings, facts: LabFacts) -> Plan:
         teardown=r.script(m.teardown, "teardown"), observe=r.script(m.observe.script, "observe.script"),
         rules=tuple(rule.model_dump() for rule in m.observe.rules),
         outcomes={name: o.model_dump() for name, o in m.outcomes.items()},
-        baseline=r.attempt(m.baseline, "baseline", "baseline", m.baseline), fixes=fixes,
+        baseline=r.attempt(m.baseline, "baseline", "baseline", m.baseline), fixes=fixes, isolation=m.isolation,
     )

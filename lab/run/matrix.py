@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from lab.images.build import cached_box
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
+from lab.run.record import RecordError, RunRecord
+from lab.run.verdict import verdict
+from lab.run.verify import verify
 
 MATRIX_DIR = "matrix"
 
@@ -39,14 +43,14 @@ def why_not(settings: Settings) -> str:
     return sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box)
 
 
-def _cell(settings: Settings, rec: dict) -> dict:
-    tries = [rec.get("baseline"), *rec.get("fixes", []), rec.get("baseline_restored")]
-    return {"status": "ran" if record.complete(rec) else "error", "ok": bool(rec.get("ok")),
-            "error": rec.get("error"), "run_dir": str(paths.lab_dir(settings.name).reports / rec["run"]),
-            "versions": (rec.get("versions") or {}).get("text", ""), "evidence_holds":
-                [bool(e.get("holds")) for e in rec.get("evidence") or []],
-            "tries": {t["id"]: {"expected": t["expected"], "observed": t["observed"], "ok": t["ok"]}
-                      for t in tries if t}}
+def _cell(settings: Settings, rec: RunRecord) -> dict:
+    """A matrix cell from one verify run's record (its verdict from lab.run.verdict)."""
+    return {"status": "ran" if rec.complete else "error", "ok": verdict(rec).ok,
+            "error": rec.error, "run_dir": str(paths.lab_dir(settings.name).reports / rec.run),
+            "versions": rec.versions, "evidence_holds": [e.holds for e in rec.evidence],
+            "isolation": rec.isolation,
+            "tries": {t.id: {"kind": t.kind, "expected": t.expected, "observed": t.observed, "ok": t.ok}
+                      for t in rec.tries}}
 
 
 MAX_JOBS = 8
@@ -150,7 +154,8 @@ def _on(pool: HostPool, s: Settings, host: Host, target: str, keep: bool,
 
 def _pinned(s: Settings) -> str:
     """The libvirt URI a lab that is already up runs on ("" when it is not up here)."""
-    if state.read(paths.lab_dir(s.name)).phase not in state.READY:
+    st, _ = state.peek(paths.lab_dir(s.name))
+    if st is None or st.phase not in state.READY:
         return ""
     try:
         return lifecycle.load_lab(s.name).libvirt_uri
@@ -168,19 +173,26 @@ def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | Non
         console.info(f"  [yellow]not run[/]: {why}")
         return cell
     lab = paths.lab_dir(s.name)
-    was_up = state.read(lab).phase in state.READY
+    st, _ = state.peek(lab)  # a damaged state.json fails this cell in lifecycle.up, not the matrix
+    was_up = st is not None and st.phase in state.READY
     brought_up = False
     try:
         t = time.monotonic()
         lifecycle.up(s)
         brought_up = not was_up
         cell["seconds"]["up"] = round(time.monotonic() - t, 1)
-        t = time.monotonic()
+        t, since = time.monotonic(), time.time()
         try:
-            engine.run(s, publish=publish_run)
+            rec = verify(s, publish=publish_run)
+        except LabError:
+            ran = _newest_run(lab, since)
+            if ran is not None:  # the verify got far enough to record its run
+                with suppress(RecordError):
+                    cell.update(_cell(s, record.load(ran)))
+            raise
         finally:
             cell["seconds"]["verify"] = round(time.monotonic() - t, 1)
-        cell.update(_cell(s, record.load(_newest_run(lab))))
+        cell.update(_cell(s, rec))
     except LabError as exc:
         cell.update(status="error", why=exc.message, ok=False)
         console.error(f"{target}: {exc.message}")
@@ -197,9 +209,12 @@ def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | Non
     return cell
 
 
-def _newest_run(lab: paths.LabDir) -> Path:
-    runs = [p for p in lab.reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / record.RECORD).exists()]
-    return max(runs, key=lambda p: (p / record.RECORD).stat().st_mtime)
+def _newest_run(lab: paths.LabDir, since: float) -> Path | None:
+    """The lab's run directory whose record was written last, at or after since (a time.time()); None
+    when no run recorded since then (a verify that failed before it began)."""
+    runs = [p for p in lab.reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / record.RECORD).exists()
+            and (p / record.RECORD).stat().st_mtime >= since] if lab.reports.is_dir() else []
+    return max(runs, key=lambda p: (p / record.RECORD).stat().st_mtime, default=None)
 
 
 def _write(root: Path, where: Path, rec: dict) -> None:
