@@ -169,7 +169,7 @@ class Settings:
     libvirt_uri: str = key(uris.LOCAL_URI, _libvirt_uri, VM)
     libvirt_timeout: int = key(60, _int_in(5, 600), RUN)
     keep_reports: int = key(20, _int_in(1, 10000), RUN)  # verify runs kept in .lab/<name>/reports/ (latest stays)
-    reach_timeout: int = key(30, _int_in(5, 3600), RUN)  # how long a lab that is up may leave SSH unanswered
+    reach_timeout: int = key(20, _int_in(5, 3600), RUN)  # how long a lab that is up may leave SSH unanswered
 
     @property
     def libvirt(self) -> uris.LibvirtUri:
