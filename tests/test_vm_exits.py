@@ -90,6 +90,8 @@ def test_the_lab_network_removed_under_a_running_lab(lab: Path) -> None:
     assert "restarting it from its baseline snapshot" in up.stdout and "up again at its baseline" in up.stdout
     ssh, _ = invoke(lab, "lab.ssh", "--name", NAME, "--command", "true")
     assert ssh.returncode == 0, "the guest answers on its network again"
+    verify, _ = invoke(lab, "lab.verify", "--name", NAME, "--fix", "cgm", timeout=900)
+    assert verify.returncode == 0, "the repaired lab verifies (snapshot isolation, its port shells)"
 
 
 def test_sshd_stopped_in_a_running_guest(lab: Path) -> None:
