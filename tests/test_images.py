@@ -38,6 +38,8 @@ SAVED_XML = """<domain type='qemu'>
       <model type='virtio'/>
       <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0'/>
     </interface>
+    <channel type='unix'><source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-b/lab.admin'/>
+      <target type='virtio' name='lab.admin'/><address type='virtio-serial' controller='0' bus='0' port='2'/></channel>
     <serial type='file'><source path='/pool/console.log'/><target type='isa-serial' port='0'/></serial>
     <console type='file'><source path='/pool/console.log'/><target type='serial' port='0'/></console>
   </devices>
@@ -104,6 +106,8 @@ def test_a_lab_xml_keeps_the_machine_and_takes_its_own_name_disk_and_network() -
     assert nic.find("source").get("network") == "lab-one" and nic.find("target") is None
     assert root.find("devices/serial").get("type") == "pty" and root.find("devices/serial/source") is None
     assert root.find("os/type").get("machine") == "pc-i440fx-7.2"
+    port = root.find("devices/channel")
+    assert port.find("source") is None and port.find("address").get("port") == "2", "its own socket, same port"
 
 
 def test_an_image_vm_boots_its_kernel_with_an_rng_and_the_agent_channel() -> None:

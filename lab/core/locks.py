@@ -42,6 +42,8 @@ def held(name: str, timeout: float, what: str, on_wait: Callable[[], None] | Non
 
 
 def lock_path(name: str) -> Path:
-    path = cache_dir() / "locks" / f"{name}.lock"
+    """The file of lock `name`; "network" is the one lab.up's network lock has always used
+    ($XDG_CACHE_HOME/cgroup-lab/network.lock), so image VMs and labs pick their /24 one at a time."""
+    path = cache_dir() / "network.lock" if name == "network" else cache_dir() / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

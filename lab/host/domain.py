@@ -122,6 +122,7 @@ class Machine:
     memory: int
     driver: str
     serial_log: str  # file on the libvirt host the serial console writes to ("" for a pty)
+    channels: tuple[str, ...] = ()  # more virtio-serial ports (unix sockets libvirt names), e.g. port shells'
 
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -130,8 +131,9 @@ AGENT_CHANNEL = "org.qemu.guest_agent.0"
 def machine_xml(m: Machine) -> str:
     """A domain booting its kernel directly (no firmware boot menu, no bootloader, no video: the
     console is the serial port), one virtio disk, one virtio NIC with a fixed MAC, a virtio RNG (a
-    guest without one can spend minutes in getrandom() under TCG), and the QEMU guest agent's
-    channel, through which the tool hands each lab its identity after a restore."""
+    guest without one can spend minutes in getrandom() under TCG), the QEMU guest agent's channel,
+    through which the tool hands each lab its identity after a restore, and m.channels (the port
+    shells' ports: a saved state fixes the devices, so every image VM has them from its first boot)."""
     dom = ET.Element("domain", type=m.driver)
     ET.SubElement(dom, "name").text = m.name
     ET.SubElement(dom, "uuid").text = m.uuid
@@ -160,8 +162,9 @@ def machine_xml(m: Machine) -> str:
     ET.SubElement(nic, "source", network=m.network)
     ET.SubElement(nic, "model", type="virtio")
     _serial(dev, m.serial_log)
-    channel = ET.SubElement(dev, "channel", type="unix")
-    ET.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
+    for name in (AGENT_CHANNEL, *m.channels):
+        channel = ET.SubElement(dev, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name=name)
     ET.SubElement(dev, "memballoon", model="none")
     rng = ET.SubElement(dev, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
@@ -210,6 +213,9 @@ def derived_xml(saved_xml: str, *, name: str, uuid: str, description: str, disk:
         nic.remove(el)
     devices = root.find("devices")
     assert devices is not None
+    for channel in devices.findall("channel[@type='unix']"):  # libvirt names each VM's sockets itself
+        for src in channel.findall("source"):
+            channel.remove(src)
     for tag in ("serial", "console"):
         for el in devices.findall(tag):
             el.set("type", "file" if serial_log else "pty")

@@ -26,11 +26,11 @@ from pathlib import Path
 
 from lab.config.settings import Settings
 from lab.core import console, paths
-from lab.core.errors import LabError
+from lab.core.errors import LabError, TestbedError
 from lab.core.paths import cache_dir
 from lab.core.resources import packer_file
 from lab.host import accel, libvirt, storage, tools
-from lab.host.probes import url_answers
+from lab.host.probes import sources_silent
 from lab.host.providers import resolve_provider
 from lab.images import base, layer, vm
 from lab.images.base import remove_build_dir
@@ -220,11 +220,11 @@ def build_box(settings: Settings, force: bool = False, verbose: bool = False) ->
 
 
 def _check_iso_reachable(settings: Settings) -> None:
-    ok, detail = url_answers(settings.iso_url)
-    if not ok:
-        raise LabError(
-            f"target {settings.target} cannot be built here: the Ubuntu ISO {settings.iso_url} "
-            f"does not answer ({detail})",
+    """Every source the build downloads answers now (lab.host.probes), else TestbedError (exit 3)."""
+    why = sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box=False)
+    if why:
+        raise TestbedError(
+            f"target {settings.target} cannot be built here: {why}",
             hint="use a local box instead: set box = '/path/to/trusty.box' in lab.toml, "
                  "or try target = 'bookworm' which builds from Debian's mirror",
         )

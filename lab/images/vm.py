@@ -19,8 +19,9 @@ from lab.core.errors import TestbedError
 from lab.host import agent, domain, libvirt, storage
 from lab.images.base import DISK_SIZE_MB, BaseImage
 from lab.images.bootwatch import BootStalled, BootWatch
+from lab.remote.port import PORTS
 
-BOOT_RECIPE = "boot-1"  # bump when the boot domain or the settling change
+BOOT_RECIPE = "boot-2"  # bump when the boot domain or the settling change
 HEAD_BYTES = 256 * 1024  # enough for libvirt's save header (the XML plus 64 KiB of padding)
 USUAL_BOOT_S = 40  # a base image's boot under TCG on a 2-core host, settled (measured ~30 s)
 
@@ -162,7 +163,7 @@ def _boot_and_save(base: HostBase, description: str, boot_timeout: float, quiet_
         name=name, uuid=str(uuid.uuid4()), description=description, disk=f"{pool}/{base.disk_volume}",
         network=network, mac=base.mac, kernel=f"{pool}/{base.kernel_volume}", initrd=f"{pool}/{base.initrd_volume}",
         cmdline=base.image.cmdline, cpus=base.shape.cpus, memory=base.shape.memory, driver=base.shape.driver,
-        serial_log=console_log)
+        serial_log=console_log, channels=PORTS)
     done = False
     try:
         libvirt.create(domain.machine_xml(machine))

@@ -5,13 +5,13 @@ script and command passed through shellcheck. Each problem is one line naming th
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.core.errors import LabError
+from lab.host import proc
 from lab.render.lab import box_provisioned, facts_for_render, render_all
 from lab.render.plan import plan
 
@@ -66,8 +66,8 @@ def _shellcheck(scenario: sc.Scenario, scripts: dict[str, str], commands: dict[s
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("#!/bin/bash\n" + command + "\n", encoding="utf-8")
             where[str(path)] = f"{scenario.file}: {key}.command (as rendered, line +1)"
-        result = subprocess.run(["shellcheck", "--format=gcc", "--severity=warning", *where],
-                                capture_output=True, text=True, timeout=SHELLCHECK_TIMEOUT, check=False)
+        result = proc.run(["shellcheck", "--format=gcc", "--severity=warning", *where], step="shellcheck",
+                          timeout=SHELLCHECK_TIMEOUT, check=False, split_stderr=True)
     out = []
     for line in result.stdout.splitlines():
         path, _, rest = line.partition(":")

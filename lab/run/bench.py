@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from lab.config.settings import Settings
 from lab.config.targets import get_target
 from lab.core import paths
 from lab.core.console import console
-from lab.core.errors import LabError
-from lab.host import libvirt, storage, tools
+from lab.core.errors import VerifyFailed
+from lab.host import libvirt, proc, storage, tools
 from lab.images.build import build, uses_layers
 from lab.machine import lifecycle, phases
 from lab.remote.shell import Shell
@@ -49,10 +48,7 @@ def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
     found = []
     for _ in range(samples):
         started = time.monotonic()
-        result = subprocess.run([exe, "ssh", "-c", "true"], cwd=lab.root, capture_output=True, timeout=120,
-                                check=False)
-        if result.returncode != 0:
-            raise LabError(f"vagrant ssh -c true failed: {result.stderr.decode(errors='replace')[-300:]}")
+        proc.run([exe, "ssh", "-c", "true"], step="vagrant ssh -c true", timeout=120, cwd=lab.root)
         found.append(time.monotonic() - started)
     return found
 
@@ -88,7 +84,7 @@ def verify_figures(settings: Settings, only: tuple[str, ...] = (),
     rec = verify(settings, only=only, isolation=isolation)
     wall = time.monotonic() - started
     if not verdict(rec).ok:
-        raise LabError("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
+        raise VerifyFailed("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
     guest = sum(s.guest_seconds or 0.0 for s in rec.steps)
     return wall, guest, rec
 
@@ -142,7 +138,8 @@ def run(settings: Settings, fresh: bool = False, matrix: bool = False) -> dict:
     figures["reset_s"] = round(statistics.median(r.seconds for r in resets), 2)
     figures["reset_revert_s"] = round(statistics.median(r.revert_s for r in resets), 2)
     figures["reset_first_ssh_command_s"] = round(statistics.median(r.first_command_s for r in resets), 2)
-    figures["reset_method"] = ", ".join(sorted({f"{r.method}, proven by its {r.proof}" for r in resets}))
+    figures["reset_method"] = "; ".join(sorted({f"{r.method}, proven by its {r.proof}, first command in the {r.via}"
+                                               for r in resets}))
 
     destroy_s, _ = timed(lifecycle.destroy, settings)
     up_s, _ = timed(lifecycle.up, settings)
