@@ -145,8 +145,12 @@ def test_build_without_tools_says_which_before_any_work(tmp_path: Path) -> None:
     assert not cache.exists(), "nothing may be created before the tools are there"
 
 
-def test_up_without_vagrant_says_so_before_any_work(tmp_path: Path) -> None:
-    result = invoke(tmp_path, "lab.up", "--target", "bookworm", env={"PATH": bare_path(tmp_path)})
+def test_up_without_its_tools_says_so_before_any_work(tmp_path: Path) -> None:
+    """A Debian lab starts from its image with virsh alone; a trusty lab needs Vagrant."""
+    path = bare_path(tmp_path)
+    result = invoke(tmp_path, "lab.up", "--target", "bookworm", env={"PATH": path})
+    assert_clean_refusal(result, tmp_path, "virsh is not installed", "apt-get install libvirt-clients")
+    result = invoke(tmp_path, "lab.up", "--target", "trusty", "--provider", "libvirt", env={"PATH": path})
     assert_clean_refusal(result, tmp_path, "vagrant is not installed", "apt-get install vagrant")
 
 

@@ -120,6 +120,8 @@ INTERNAL = {
     "Stopped": "lab/core/wait.py: the early login's cancel (lifecycle._EarlyLogin)",
     "Stop": "lab/run/live.py: the presenter's q, caught by the engine",
     "KeptFailing": "lab/run/engine.py: --keep-failing, caught by the engine",
+    "_ScriptFailed": "lab/images/layer.py: a provisioning script that failed, caught by the layer's build "
+                     "(it becomes ProvisionFailed)",
     "KeyboardInterrupt": "lab/cli/tasks.py: SIGTERM as Ctrl-C, exit 130",
 }
 # Raises whose error is built elsewhere (a function returning the error, or one already caught).

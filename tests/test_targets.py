@@ -11,7 +11,7 @@ from labtest import make_facts, make_settings
 from lab.config import scenario as sc
 from lab.config.targets import all_targets, get_target
 from lab.core.errors import LabError
-from lab.images.build import build_inputs
+from lab.images.build import base_for
 from lab.render.lab import provision_plan, render_all
 from lab.render.plan import plan
 from lab.render.templates import TEMPLATES_DIR
@@ -64,7 +64,7 @@ def test_bookworm_hybrid_plans_the_measured_matrix(tmp_path: Path) -> None:
     assert planned(tmp_path, "bookworm") == {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running",
                                              "cgm": "running", "systemd-run": "failing"}
     s = make_settings(tmp_path, target="bookworm")
-    assert "systemd.unified_cgroup_hierarchy=0" in build_inputs(s)["cmdline"]
+    assert "systemd.unified_cgroup_hierarchy=0" in base_for(s).cmdline
     p = plan(s, make_facts())
     assert p.cgroup_layout == "hybrid" and p.baseline.failure and p.baseline.signatures
     assert "lxc.cgroup.memory.limit_in_bytes" in "\n".join(p.scripts.values()) + render_provision(s)
@@ -74,7 +74,7 @@ def test_bookworm_unified_plans_its_own_row(tmp_path: Path) -> None:
     assert planned(tmp_path, "bookworm-unified") == {"baseline": "unlimited", "pam-systemd": "unlimited",
                                                      "pam-cgfs": "failing", "cgm": "running", "systemd-run": "running"}
     s = make_settings(tmp_path, target="bookworm-unified")
-    assert "unified_cgroup_hierarchy" not in build_inputs(s)["cmdline"]
+    assert "unified_cgroup_hierarchy" not in base_for(s).cmdline
     assert "lxc.cgroup2.memory.max" in render_provision(s)
 
 

@@ -55,6 +55,25 @@ class TestbedError(LabError):
     exit_code = 3
 
 
+class BootStalled(TestbedError):
+    """An image VM's boot will not finish (a kernel panic, an RCU stall, a soft lockup, or silence
+    on its console): exit code 3. log_tail: the console's last lines (lab.images.bootwatch)."""
+
+    def __init__(self, message: str, log_tail: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.log_tail = log_tail
+
+
+class AgentError(TestbedError):
+    """The QEMU guest agent of a VM did not answer, or answered with an error (lab.host.agent):
+    exit code 3."""
+
+
+class ProvisionFailed(LabError):
+    """A provisioning script of the scenario failed while its layer was built (lab.images.layer):
+    the scenario's error, exit code 2, named by script, line and command."""
+
+
 class LabBusy(LabError):
     """Another command holds the lab's lock: exit code 4; nothing was touched."""
 

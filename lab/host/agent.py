@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.core.errors import TestbedError
+from lab.core.errors import AgentError
 from lab.host import libvirt
 
 
@@ -36,10 +36,6 @@ class AgentResult:
     @property
     def failed(self) -> bool:
         return self.exit_code != 0
-
-
-class AgentError(TestbedError):
-    """The agent did not answer, or answered with an error (exit code 3)."""
 
 
 def command(domain: str, payload: dict, timeout: float = 10, secret: bool = False) -> dict:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lab.core.errors import TestbedError
+from lab.core.errors import BootStalled, TestbedError
 
 # What a boot that will not finish prints (Linux's own words).
 FATAL = (
@@ -28,15 +28,7 @@ FATAL = (
     ("a task hung in the kernel", re.compile(r"INFO: task \S+ blocked for more than")),
 )
 TAIL_LINES = 12
-
-
-class BootStalled(TestbedError):
-    """The VM's boot will not finish (a panic, a stall, or silence); `log_tail` is its console's
-    last lines. Exit code 3: the testbed, not the scenario."""
-
-    def __init__(self, message: str, log_tail: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.log_tail = log_tail
+__all__ = ["BootStalled", "BootWatch", "last_lines"]
 
 
 LOGIN_PROMPT = re.compile(r"^\S+ login: ", re.MULTILINE)

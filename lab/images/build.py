@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lab.config.settings import Settings
 from lab.core import console, paths
-from lab.core.errors import LabError, TestbedError
+from lab.core.errors import TestbedError
 from lab.core.paths import cache_dir
 from lab.core.resources import packer_file
 from lab.host import accel, libvirt, storage, tools
@@ -104,11 +104,14 @@ def uses_layers(settings: Settings) -> bool:
 
 
 def build(settings: Settings, force: bool = False, verbose: bool = False,
-          keep_failing: bool = False) -> layer.Layer | Box:
+          keep_failing: bool = False) -> layer.Layer | Box | None:
     """Build what the lab starts from unless it is cached; return it either way. Debian targets:
     the base image, its saved state on the lab's libvirt host, the scenario's layer (a Layer).
-    Trusty: the Vagrant box (a Box). Raises layer.ProvisionFailed (exit 2) for a failing
-    scenario script, TestbedError (exit 3) for the machinery."""
+    Trusty: the Vagrant box (a Box). None when the lab uses a box the user named. Raises
+    ProvisionFailed (exit 2) for a failing scenario script, TestbedError (exit 3) for the machinery."""
+    if settings.box:
+        console.info(f"lab {settings.name} uses the box you named ({settings.box}): nothing to build")
+        return None
     if not uses_layers(settings):
         return build_box(settings, force, verbose)
     libvirt.use(settings)
@@ -196,9 +199,6 @@ def build_box(settings: Settings, force: bool = False, verbose: bool = False) ->
         console.info(f"[green]✓[/] box for {target.name} is cached ({box.path}, key {box.key}); "
                      "nothing to build (use --force to rebuild)")
         return box
-    if target.box_builder == "mmdebstrap":
-        raise LabError(f"target {target.name} builds images for libvirt only",
-                       hint="use provider libvirt, or name a box: box = '/path/to.box'")
     tools.require("packer")
     _check_iso_reachable(settings)
     boxes_dir().mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import paramiko
 
 from lab.core import console, locks
-from lab.core.errors import LabError, TestbedError
+from lab.core.errors import ProvisionFailed, TestbedError
 from lab.core.files import write_files
 from lab.host import agent, libvirt, storage
 from lab.images import identity
@@ -39,13 +39,6 @@ ERR_MARK = "__LAB_ERR__"
 ERR_TRAP = ("set -E\ntrap 'printf \"\\n" + ERR_MARK + " %s %s %s\\n\" \"$?\" \"$LINENO\" \"$BASH_COMMAND\" >&2' ERR\n")
 TAIL_LINES = 15
 USUAL_SCRIPT_S = 60
-
-
-class ProvisionFailed(LabError):
-    """A provisioning script of the scenario failed: the scenario's error, exit code 2 (a build VM
-    that does not boot, or a mirror that does not answer, is the testbed's: exit 3)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
