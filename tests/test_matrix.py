@@ -174,14 +174,15 @@ def test_the_reason_comes_from_a_probe_made_now(tmp_path: Path, monkeypatch: pyt
     assert matrix.why_not(unreachable_trusty(tmp_path, box=str(box))).startswith("an Ubuntu archive serving trusty")
 
 
-def test_a_debian_target_needs_its_mirror_only_until_its_box_is_built(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_debian_target_needs_its_mirror_only_until_its_base_image_is_built(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     s = make_settings(tmp_path, target="bookworm", debian_mirror=closed_url("debian"))
     assert matrix.why_not(s).startswith("Debian's mirror (for bookworm) cannot be reached from this host")
-    from lab.images.build import cached_box
+    from lab.images.build import base_for
 
-    box = cached_box(s).path
-    box.parent.mkdir(parents=True)
-    box.write_bytes(b"built")
+    image = base_for(s)
+    image.dir.mkdir(parents=True)
+    for part in (image.disk, image.kernel, image.initrd):
+        part.write_bytes(b"built")
     assert matrix.why_not(s) == ""

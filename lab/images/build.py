@@ -98,6 +98,16 @@ def layer_for(settings: Settings) -> layer.Layer:
                            layer_users(settings))
 
 
+def built_here(settings: Settings) -> bool:
+    """What the lab starts from needs no download any more: a box the user named, the base image
+    of a Debian target in the cache (its layer is built from it without the mirror), the trusty box."""
+    if settings.box:
+        return True
+    if uses_layers(settings):
+        return base_for(settings).built
+    return cached_box(settings).path.is_file()
+
+
 def uses_layers(settings: Settings) -> bool:
     """Labs of this target start from a saved layer state (our Debian images on libvirt)."""
     return box_provisioned(settings) and resolve_provider(settings) == "libvirt"

@@ -19,7 +19,7 @@ from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError
 from lab.core.files import write_files
 from lab.host.probes import sources_silent
-from lab.images.build import cached_box
+from lab.images.build import built_here
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
@@ -39,7 +39,7 @@ def why_not(settings: Settings) -> str:
     """Why a lab of these settings cannot run from this host, as a probe finds it now ("" when it
     can): each source its target downloads (Target.sources), the build's only while there is no box
     (settings.box, or the cache has it), must answer at one of its URLs."""
-    has_box = bool(settings.box) or cached_box(settings).path.is_file()
+    has_box = built_here(settings)
     return sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box)
 
 
