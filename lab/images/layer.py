@@ -16,6 +16,7 @@ import hashlib
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from lab.host import agent, libvirt, storage
 from lab.images import identity
 from lab.images.vm import HostBase, disk_capacity, pick_network, remove_network, settle, start_from_state
 from lab.remote.keys import ensure_keypair
-from lab.remote.ssh import Endpoint, Remote
+from lab.remote.ssh import Endpoint, Jump, Remote
 
 RECIPE = "layer-1"  # bump when the build or the preparation for labs change
 BUILD_DIR = "build"  # in the lab's folder: the build's key, known_hosts, scripts, log, a kept VM's record
@@ -182,9 +183,8 @@ def _build(layer: Layer, scripts: list[Script], work: Path, owner: str, boot_tim
             storage.delete_file(console_log)
 
 
-def _jump():  # type: ignore[no-untyped-def]
-    from lab.remote.ssh import Jump
-
+def _jump() -> Jump:
+    """The SSH jump through the remote libvirt host to the build VM (as lifecycle.jump_for)."""
     access = libvirt.current().access
     assert access is not None
     uri = access.uri
@@ -276,7 +276,7 @@ def _same_line(script: Script, line_no: int) -> bool:
         "{%" in line or "{#" in line for line in source[:line_no])
 
 
-def _stream(remote: Remote, command: str, on_line, timeout: float) -> int:  # type: ignore[no-untyped-def]
+def _stream(remote: Remote, command: str, on_line: Callable[[str], None], timeout: float) -> int:
     """Run command over the Remote's connection, stdout and stderr merged line by line into
     on_line; its exit code. Raises TestbedError when it runs past timeout or the connection drops."""
     transport = remote.transport()

@@ -12,7 +12,7 @@ import secrets
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -304,7 +304,7 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool,
     console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel; next: invoke lab.verify")
 
 
-def _left_on_failure(settings: Settings, provider: str, start) -> None:  # type: ignore[no-untyped-def]
+def _left_on_failure(settings: Settings, provider: str, start: Callable[[], None]) -> None:
     """Run start(); when it fails, say what it left (the next lab.up cleans it up) and re-raise."""
     try:
         start()
