@@ -226,19 +226,31 @@ def fresh_starts(settings: Settings, count: int) -> list[float]:
 
 def matrix_figures(settings: Settings) -> dict:
     """lab.matrix of the scenario over its Debian targets with --jobs 1, every image built first
-    (not timed), the bench's own lab destroyed first (the matrix brings every lab up itself)."""
+    (not timed). The matrix runs a copy of the scenario whose id starts with bench-, so its labs
+    (bench-<id>-<target>) never meet labs of the same scenario that others keep up; the copy's
+    provisioning is the scenario's, so it starts from the same cached images."""
     from lab.config.settings import load
     from lab.run import matrix as m
 
-    targets = tuple(t for t in settings.scenario_data.target_names if get_target(t).box_builder == "mmdebstrap")
-    for target in targets:
-        build(replace(load(flags={"target": target, "scenario": settings.scenario}),
-                      libvirt_uri=settings.libvirt_uri, cpus=settings.cpus, memory=settings.memory))
-    lifecycle.destroy(settings)
-    began = time.monotonic()
-    ok = m.run(replace(settings, target=targets[0], name=""), targets, jobs=1)
-    return {"matrix_jobs1_s": round(time.monotonic() - began, 2), "matrix_targets": ",".join(targets),
-            "matrix_ok": ok}
+    source = settings.scenario_data
+    targets = tuple(t for t in source.target_names if get_target(t).box_builder == "mmdebstrap")
+    work = Path(tempfile.mkdtemp(prefix="cgroup-lab-bench-matrix-"))
+    try:
+        copy = work / f"bench-{source.id}"
+        shutil.copytree(source.folder, copy)
+        toml = copy / "scenario.toml"
+        toml.write_text(re.sub(r'^id = "([^"]+)"', r'id = "bench-\1"', toml.read_text(encoding="utf-8"), count=1,
+                               flags=re.M), encoding="utf-8")
+        base = replace(load(flags={"target": targets[0], "scenario": str(copy)}), libvirt_uri=settings.libvirt_uri,
+                       cpus=settings.cpus, memory=settings.memory)
+        for target in targets:
+            build(replace(base, target=target, name=f"{base.scenario_data.id}-{target}"[:48]))
+        began = time.monotonic()
+        ok = m.run(base, targets, jobs=1)
+        seconds = time.monotonic() - began
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"matrix_jobs1_s": round(seconds, 2), "matrix_targets": ",".join(targets), "matrix_ok": ok}
 
 
 # The goals of issue 22 (speed, round 3), 25 (the authoring loop) and the earlier ones; a figure
