@@ -311,3 +311,30 @@ def test_every_bench_goal_reads_only_its_own_figure(tmp_path: Path, monkeypatch:
     bench._write(make_settings(tmp_path, target="bookworm", name="img-bench"), figures)
     assert figures["goals"] == {"up_cached_s": {"goal": "<= 5 s", "met": True},
                                 "reset_s": {"goal": "<= 1 s", "met": False}}
+
+
+def test_a_boot_with_nothing_on_its_console_stops_within_a_minute(tmp_path: Path) -> None:
+    """A kernel booted directly prints within seconds even under TCG; a guest that prints nothing
+    (KVM that does not work here) is not waited for until boot_quiet_timeout."""
+    log = tmp_path / "console.log"
+    log.write_text("")
+    watch = bootwatch.BootWatch(read=log.read_text, quiet_s=180, what="the first boot", first_output_s=0.0)
+    with pytest.raises(errors.BootStalled, match="nothing on its console") as caught:
+        watch.check()
+    assert caught.value.log_tail == "" and watch.silent
+
+
+def test_kvm_that_failed_a_real_boot_is_not_used_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.host import accel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(accel, "probe", lambda name, timeout=10.0: (True, "kvm runs a test guest"))
+    accel.kvm_usable.cache_clear()
+    monkeypatch.setattr(accel, "_KVM_FAILED", set())
+    assert accel.libvirt_driver() == "kvm"
+    accel.kvm_failed()
+    assert accel.libvirt_driver() == "qemu"
+    monkeypatch.setattr(accel, "_KVM_FAILED", set())
+    accel.kvm_usable.cache_clear()
+    assert accel.libvirt_driver() == "qemu", "the cache says so for this boot of the host"
+    accel.kvm_usable.cache_clear()

@@ -83,6 +83,24 @@ def _probe_cache() -> Path:
     return cache_dir() / "accel.json"
 
 
+def _store(key: str, answer: bool) -> None:
+    """Write one answer into the probe cache (a file that cannot be written is left as it is)."""
+    path = _probe_cache()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"kvm": answer, "at": time.time()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _cached(key: str, ttl: float | None, ask: Callable[[], bool]) -> bool:
     """ask() once per key (and per ttl seconds): the probe costs a qemu start, and where KVM hangs
     (this kind of host) it waits out its 10 s timeout, on every lab.up. Kept in
@@ -97,15 +115,7 @@ def _cached(key: str, ttl: float | None, ask: Callable[[], bool]) -> bool:
             (ttl is None or time.time() - float(entry.get("at", 0)) < ttl):
         return bool(entry["kvm"])
     answer = ask()
-    known = known if isinstance(known, dict) else {}
-    known[key] = {"kvm": answer, "at": time.time()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    _store(key, answer)
     return answer
 
 
@@ -131,12 +141,27 @@ def _remote_kvm_usable(access: HostAccess) -> bool:
     return _cached(f"remote:{access.uri.text}", REMOTE_TTL_S, lambda: probe_remote(access, "kvm")[0])
 
 
+_KVM_FAILED: set[str] = set()  # hosts where a real guest did not boot under KVM, in this process
+
+
 def libvirt_driver(access: HostAccess | None = None) -> str:
     """vagrant-libvirt's driver: "kvm" only when a real guest ran under KVM (on the libvirt host:
     this machine, or the remote one given by access), else "qemu" (TCG)."""
+    if (access.uri.text if access is not None else "local") in _KVM_FAILED:
+        return "qemu"
     if access is not None:
         return "kvm" if _remote_kvm_usable(access) else "qemu"
     return "kvm" if kvm_usable() else "qemu"
+
+
+def kvm_failed(access: HostAccess | None = None) -> None:
+    """A real guest did not boot under KVM although the 512-byte probe ran (seen here: the probe
+    passes now and then where a Linux guest hangs with nothing on its console): use TCG on that
+    host from now on (the cached answer becomes "no KVM" until the host reboots, or for a day)."""
+    _KVM_FAILED.add(access.uri.text if access is not None else "local")
+    _store(_local_key() if access is None else f"remote:{access.uri.text}", False)
+    kvm_usable.cache_clear()
+    _remote_kvm_usable.cache_clear()
 
 
 def packer_accelerator() -> str:

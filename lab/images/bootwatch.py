@@ -43,9 +43,16 @@ class BootWatch:
     read: Callable[[], str]
     quiet_s: float
     what: str
+    first_output_s: float = 60.0  # a kernel booted directly prints within seconds, even under TCG
     _last_text: str = ""
     _last_change: float = field(default_factory=time.monotonic)
+    _started: float = field(default_factory=time.monotonic)
     _prompt_at: float | None = None
+
+    @property
+    def silent(self) -> bool:
+        """Nothing at all came on the console yet."""
+        return not self._last_text.strip()
 
     def check(self) -> None:
         """Raise BootStalled on a panic, a stall, or silence longer than quiet_s before the login
@@ -68,6 +75,9 @@ class BootWatch:
                                    hint="is qemu-guest-agent in the target's packages? rebuild: invoke lab.build "
                                         "--force")
             return
+        if not text.strip() and now - self._started > min(self.first_output_s, self.quiet_s):
+            raise BootStalled(f"{self.what}: nothing on its console {now - self._started:.0f}s after the start",
+                              "", hint="the accelerator may not work: see invoke lab.doctor")
         if now - self._last_change > self.quiet_s:
             raise BootStalled(f"{self.what}: no boot progress on its console for {self.quiet_s:.0f}s",
                               last_lines(text), hint="raise boot_quiet_timeout if the machine is just slow")

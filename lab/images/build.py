@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lab.config.settings import Settings
 from lab.core import console, paths
-from lab.core.errors import TestbedError
+from lab.core.errors import BootStalled, TestbedError
 from lab.core.paths import cache_dir
 from lab.core.resources import packer_file
 from lab.host import accel, libvirt, storage, tools
@@ -147,9 +147,15 @@ def build(settings: Settings, force: bool = False, verbose: bool = False,
                      f"base {image.key} (use --force to rebuild)")
         return lay
     owner = libvirt.owner_mark(lab_dir.root)
-    vm.ensure_host_base(host_base, description=f"cgroup-lab image {host_base.prefix}",
-                        boot_timeout=settings.boot_timeout, quiet_timeout=settings.boot_quiet_timeout,
-                        upload_timeout=settings.build_timeout, verbose=verbose)
+    try:
+        vm.ensure_host_base(host_base, description=f"cgroup-lab image {host_base.prefix}",
+                            boot_timeout=settings.boot_timeout, quiet_timeout=settings.boot_quiet_timeout,
+                            upload_timeout=settings.build_timeout, verbose=verbose)
+    except BootStalled as exc:  # under KVM, nothing on the console: KVM does not work on this host
+        accel.kvm_failed(libvirt.current().access)
+        console.info(f"[yellow]{exc.message}: KVM does not boot a guest on this host after all (the 512-byte "
+                     "probe ran); from now on TCG is used there[/]")
+        return build(settings, force=False, verbose=verbose, keep_failing=keep_failing)
     layer.build(lay, scripts, lab_root=lab_dir.root, owner=owner, boot_timeout=settings.boot_timeout,
                 command_timeout=settings.build_timeout, keep_failing=keep_failing, verbose=verbose)
     _supersede(lay, settings)

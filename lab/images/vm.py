@@ -127,7 +127,9 @@ def ensure_host_base(base: HostBase, *, description: str, boot_timeout: float, q
                      upload_timeout: float, verbose: bool = False) -> None:
     """Make sure the libvirt host has the base image's volumes and its saved running state: upload
     the image and boot it once when the state is missing. One build per state at a time on this
-    machine (a lock); a boot that stalls is tried once more, then TestbedError (BootStalled)."""
+    machine (a lock); a boot that stalls is tried once more, then TestbedError (BootStalled). Under
+    KVM a boot with nothing at all on its console raises BootStalled at once (KVM does not work
+    there; the caller falls back to TCG)."""
     with locks.held(f"base-{base.state_key}", timeout=boot_timeout * 3, what=f"base image {base.prefix}",
                     on_wait=lambda: console.info(f"waiting for another build of {base.prefix}")):
         if saved_state_ready(base.state_volume):
@@ -141,6 +143,8 @@ def ensure_host_base(base: HostBase, *, description: str, boot_timeout: float, q
                 _boot_and_save(base, description, boot_timeout, quiet_timeout, upload_timeout, verbose)
                 return
             except BootStalled as exc:
+                if base.shape.driver == "kvm" and not exc.log_tail:
+                    raise  # KVM that boots nothing: the caller goes on under TCG (accel.kvm_failed)
                 if attempt == 2:
                     raise TestbedError(f"{exc.message} (tried twice); its console's last lines:\n"
                                        + _indent(exc.log_tail), hint=exc.hint) from None
