@@ -66,7 +66,7 @@ MISTAKES = [
     ("unknown via", 'via = "ssh", user', 'via = "telnet", user', None, "via"),
     ("not valid TOML", 'id = "bad"', 'id = "bad', 'id = "bad', "not valid TOML"),
     ("template uses an undefined value", 'title = "log in as {{ vars.user }}', 'title = "log in as {{ vars.usr }}',
-     None, "fixes[0].title: 'dict object' has no attribute 'usr'"),
+     None, "fixes[ssh-login].title: 'dict object' has no attribute 'usr'"),
     ("required key missing", '[baseline]\nstart', '[baseline]\nstrat', None, "start"),
     ("fix id not allowed", 'id = "ssh-login"', 'id = "SSH login"', None, "fixes[0].id"),
 ]

@@ -40,6 +40,7 @@ class Target:
     buildable_here: bool
     providers: tuple[str, ...]
     cgroup_layout: str  # legacy, hybrid or unified
+    systemd: int  # systemd's major version in the release; 0 where there is none (trusty: upstart)
     kernel_package: str
     kernel_prefix: str
     kernel_cmdline: str

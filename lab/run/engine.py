@@ -10,6 +10,8 @@ fails the run. Resources sit on an ExitStack and are released in reverse order o
 from __future__ import annotations
 
 import contextvars
+import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,8 +27,8 @@ from lab.machine.state import Phase
 from lab.remote.shell import Shell
 from lab.remote.ssh import CommandResult, Endpoint, Remote
 from lab.render.lab import facts_for_render
-from lab.render.plan import Plan, PlannedCommand, PlannedScript, PlannedTry, plan, script_file
-from lab.run import judge, record
+from lab.render.plan import Plan, PlannedCommand, PlannedScript, PlannedTry, PlannedWait, plan, script_file
+from lab.run import judge, record, vias
 from lab.run.live import Live, Stop
 
 
@@ -117,15 +119,46 @@ class Runner:
         return rec
 
     def command(self, id: str, cmd: PlannedCommand, expected: str = "succeed", quiet: bool = False,
-                title: str = "") -> judge.StepRecord:
-        """A command as the user types it, through its channel (admin, root or a fresh SSH login)."""
+                title: str = "", timeout: float | None = None) -> judge.StepRecord:
+        """A command as the user types it, through its channel (admin, root, a fresh SSH login, or
+        the vias lab.run.vias carries out: cron, tty)."""
+        seconds = timeout or self.settings.command_timeout
         if cmd.channel == "ssh":
             return self._step(id, title or cmd.title, cmd.shown, cmd.user,
                               lambda: self._login_as(cmd.user, cmd.run, id), expected, cmd.why, quiet)
+        # --- via hook (lab.run.vias): cron and tty ---
+        if cmd.channel == "cron":
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user,
+                              lambda: vias.run_cron(self.shell(True), cmd.user, cmd.run, id, seconds),
+                              expected, cmd.why, quiet)
+        if cmd.channel == "tty":
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user,
+                              lambda: vias.run_tty(self.remote.transport(), cmd.user, cmd.run, id, seconds,
+                                                   label=f"lab {self.settings.name}", shown=cmd.shown),
+                              expected, cmd.why, quiet)
         shell = self.shell(cmd.channel == "root")
         return self._step(id, title or cmd.title, cmd.shown, self.plan.admin,
-                          lambda: shell.run(cmd.run, step=id, timeout=self.settings.command_timeout),
+                          lambda: shell.run(cmd.run, step=id, timeout=seconds),
                           expected, cmd.why, quiet)
+
+    def wait(self, id: str, w: PlannedWait) -> tuple[judge.StepRecord, bool]:
+        """Poll w.command as root until its output matches w.until or w.seconds pass: (the last
+        poll's step, whether it matched). Only the last poll is recorded."""
+        shell = self.shell(True)
+        deadline = time.monotonic() + w.seconds
+        while True:
+            started = time.monotonic() - self.began
+            result = self._guarded(lambda: shell.run(w.command, step=id, timeout=max(5.0, w.seconds)))
+            matched = bool(re.search(w.until, result.stdout + result.stderr, re.MULTILINE))
+            if matched or time.monotonic() + w.every > deadline:
+                break
+            time.sleep(w.every)
+        title = w.title or f"wait until {w.until!r} (at most {w.seconds:g} s)"
+        rec = judge.StepRecord.from_result(id, title, result, "any", started, ok=matched,
+                                           note="" if matched else f"not matched within {w.seconds:g} s",
+                                           shown=f"sudo sh -c {shlex.quote(w.command)}", user=self.plan.admin)
+        self.steps.append(rec)
+        return rec, matched
 
     def script(self, id: str, title: str, rel: str, script: PlannedScript, quiet: bool = True) -> judge.StepRecord:
         """A root script, fed to root's shell on stdin; shown as the `sudo bash FILE` it is."""
@@ -274,7 +307,8 @@ def _try(r: Runner, t: PlannedTry, label: str | None = None, announce: str = "")
     p = r.plan
     lid = label or t.id
     r.live.try_header(lid, t, announce)
-    rec = judge.TryRecord(id=lid, title=t.title, expected=t.expected, observed="error", ok=False, why=t.why)
+    rec = judge.TryRecord(id=lid, title=t.title, expected=t.expected, observed="error", ok=False, why=t.why,
+                          kind=t.kind)
     if p.teardown:
         step = r.script(f"{lid}:teardown", "tear down before the try", p.teardown.rel, p.teardown)
         if not step.ok:
@@ -286,16 +320,22 @@ def _try(r: Runner, t: PlannedTry, label: str | None = None, announce: str = "")
             step = r.script(f"{lid}:apply", f"apply fix {t.id}", script_file(t.id, "apply"), t.apply, quiet=False)
             if not step.ok:
                 return rec
-        start = r.command(f"{lid}:start", t.start, expected="fail" if t.failure else "succeed",
-                          title=t.start.title or "the command as the admin types it")
+        start = r.command(f"{lid}:start", t.start, expected=t.exit_expected,
+                          title=t.start.title or "the command as the admin types it", timeout=t.timeout)
+        waited = [r.wait(f"{lid}:wait-{n + 1}", w) for n, w in enumerate(t.waits)]
         obs = judge.Observation()
         if p.observe:
             seen = r.script(f"{lid}:observe", "observe the outcome", p.observe.rel, p.observe)
             obs = judge.parse_observation(seen.stdout)
         observed = judge.classify(p.rules, judge.facts(obs, start))
-        matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes])
+        matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes,
+                                                          *(f"{k}={v}" for k, v in obs.fields.items())])
         rec.observed, rec.signature_matched, rec.fields, rec.notes = observed, matched, obs.fields, obs.notes[-10:]
         rec.ok = judge.judge(t.expected, observed, t.signatures, matched)
+        rec.exit_code, rec.exit_ok = start.exit_code, judge.exit_ok(t.exit_expected, start.exit_code)
+        rec.wait = "; ".join(f"{s.title}: ran out; last seen: {(s.stdout + s.stderr).strip()[-200:]!r}"
+                             for s, ok in waited if not ok)
+        rec.ok = rec.ok and rec.exit_ok and not rec.wait
         start.ok = start.ok and rec.ok
         r.live.outcome(rec)
     finally:

@@ -38,7 +38,7 @@ class StepRecord:
                     why: str = "", ok: bool | None = None, note: str = "", shown: str | None = None,
                     user: str | None = None) -> StepRecord:
         if ok is None:
-            ok = {"succeed": result.succeeded, "fail": result.failed}.get(expected, True)
+            ok = exit_ok(expected, result.exit_code)
         return cls(id=id, title=title, command=shown or result.command, user=user or result.user, expected=expected,
                    exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
                    seconds=round(result.seconds, 4),
@@ -46,9 +46,23 @@ class StepRecord:
                    started=round(started, 4), ok=ok, why=why, note=note)
 
 
+def exit_ok(expected: str, exit_code: int) -> bool:
+    """Whether an exit status meets a step's expectation: succeed (0), fail (non-zero), any, or
+    "exit 0, 3" (one of those codes)."""
+    if expected == "succeed":
+        return exit_code == 0
+    if expected == "fail":
+        return exit_code != 0
+    if expected.startswith("exit "):
+        return exit_code in {int(c) for c in expected.removeprefix("exit ").split(",")}
+    return True
+
+
 @dataclass
 class TryRecord:
-    """The baseline or one fix as verify.json stores it: expected and observed outcome names."""
+    """The baseline, a variant, a control or a fix as verify.json stores it: its kind, expected and
+    observed outcome names, the start's exit status and whether it was as the try says (exit_ok),
+    and what a wait that ran out last saw (wait)."""
 
     id: str
     title: str
@@ -60,6 +74,10 @@ class TryRecord:
     notes: list[str] = field(default_factory=list)
     why: str = ""
     reverted: bool = False
+    kind: str = "fix"  # baseline, variant, control or fix
+    exit_code: int | None = None
+    exit_ok: bool = True
+    wait: str = ""
 
 
 @dataclass
@@ -107,7 +125,8 @@ def classify(rules: Iterable[Mapping[str, Any]], fields: Mapping[str, str]) -> s
 
 
 def matched_signatures(patterns: Iterable[str], texts: Iterable[str]) -> list[str]:
-    """The signature regexes found in the start command's output or the observed notes."""
+    """The signature regexes found in texts: the start command's stdout and stderr, the observe
+    script's notes and its fields as key=value lines (README: Signatures)."""
     blob = "\n".join(texts)
     return [p for p in patterns if re.search(p, blob, re.MULTILINE)]
 
@@ -137,14 +156,25 @@ def verdict_words(outcomes: Mapping[str, Mapping[str, Any]], row: Mapping[str, A
     observed, expected = str(row.get("observed", "")), str(row.get("expected", ""))
     seen = words(outcomes, observed)
     failure = bool((outcomes.get(observed) or {}).get("failure"))
-    if row.get("ok") and str(row.get("id", "")).startswith("baseline"):
+    kind = str(row.get("kind") or ("baseline" if str(row.get("id", "")).startswith("baseline") else "fix"))
+    if row.get("ok") and kind == "baseline":
         return f"{seen}, as the bug predicts (reproduced)"
+    if row.get("ok") and kind == "variant":
+        return f"{seen}, as the bug predicts (this way too)"
+    if row.get("ok") and kind == "control":
+        return f"{seen}, as the control must"
     if row.get("ok") and failure:
         return f"still {seen}, as measured for this target"
     if row.get("ok"):
         return f"{seen}, as expected"
     if observed != expected:
+        if kind == "control":
+            return f"{seen}, but the control must show: {words(outcomes, expected)}"
         return f"{seen}, but expected: {words(outcomes, expected)}"
+    if row.get("wait"):
+        return f"{seen}, as expected, but a wait ran out ({row['wait']})"
+    if not row.get("exit_ok", True):
+        return f"{seen}, as expected, but the start command exited {row.get('exit_code')}, not as the try says"
     if not row.get("reverted", True):
         return f"{seen}, as expected, but the fix could not be cleaned up or reverted"
     return f"{seen}, but without the expected failure's signature"
