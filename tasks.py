@@ -137,7 +137,11 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
     from lab.render.check import check
 
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
-    _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None)
+    notes: list[str] = []
+    _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None,
+                        mirror=s.debian_mirror, notes=notes)
+    for line in notes:
+        console.warn(line)
     if problems:
         for line in problems:
             console.error(line)
@@ -310,8 +314,12 @@ def check(c, scenario=None, target=None):
     """Validate a scenario before any VM exists: schema, templates for every target, shellcheck."""
     from lab.render.check import check as run_check
 
-    ref = scenario or _settings().scenario
-    found, problems = run_check(ref, targets=(target,) if target else ())
+    settings = _settings()
+    ref = scenario or settings.scenario
+    notes: list[str] = []
+    found, problems = run_check(ref, targets=(target,) if target else (), mirror=settings.debian_mirror, notes=notes)
+    for line in notes:
+        console.warn(line)
     for line in problems:
         console.error(line)
     if problems:

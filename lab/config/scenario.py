@@ -478,6 +478,8 @@ def locate(text: str, loc: Iterable[str | int]) -> int | None:
         if isinstance(part, int):
             header = re.compile(rf"^\s*\[\[\s*{re.escape(prefix)}\s*\]\]")
             hits = [n for n in range(len(lines)) if header.match(lines[n])]
+            if not hits and found is not None:  # an inline array: its n-th element opening a line
+                hits = [n for n in range(found, len(lines)) if lines[n].lstrip().startswith("{")]
             if part < len(hits):
                 pos = found = hits[part]
             continue
