@@ -11,7 +11,6 @@ indexes the programs under bin/ and sbin/ with the packages that ship them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import lzma
