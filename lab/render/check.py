@@ -23,7 +23,7 @@ from lab.core.errors import LabError, did_you_mean
 from lab.render import debindex
 from lab.render.lab import box_provisioned, facts_for_render, provision_plan, render_all
 from lab.render.plan import Plan, plan
-from lab.render.templates import TEMPLATES_DIR
+from lab.render.templates import LIB_DIR, TEMPLATES_DIR
 
 SHELLCHECK_TIMEOUT = 120  # seconds for one shellcheck run over every script of a target
 BASH_N_TIMEOUT = 30  # seconds for one `bash -n`
@@ -166,15 +166,22 @@ def _script_sources(settings: Settings) -> dict[str, Path]:
 
 def _source_line(source: Path | None, rendered: str, line: int) -> tuple[str, int | None]:
     """(file, line) in the template for a line of its rendered text: the template line that reads
-    the same when there is exactly one; else the rendered line, said as such."""
+    the same when there is exactly one, in the template itself or else in a snippet it may import
+    (templates/lib, the scenario's shared folder); else the rendered line, said as such."""
     lines = rendered.splitlines()
     if source is None or not source.is_file() or not 0 < line <= len(lines):
         return str(source or "?"), None
     want = lines[line - 1].strip()
     if want:
-        hits = [n for n, text in enumerate(source.read_text(encoding="utf-8").splitlines(), 1) if text.strip() == want]
-        if len(hits) == 1:
-            return str(source), hits[0]
+        snippets = sorted(LIB_DIR.glob("*.j2"))
+        shared = sc.shared_folder(source.parent if source.parent.name != "provision" else source.parent.parent)
+        if shared.is_dir():
+            snippets += sorted(p for p in shared.rglob("*") if p.is_file())
+        for candidate in (source, *snippets):
+            hits = [n for n, text in enumerate(candidate.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+                    if text.strip() == want]
+            if len(hits) == 1:
+                return str(candidate), hits[0]
     return str(source), None
 
 
