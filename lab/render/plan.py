@@ -231,7 +231,9 @@ class Renderer:
         if user and (not re.match(sc.USER, user) or user not in users):
             raise LabError(f"{self.file}: {where}.user: {user!r} (as rendered) is not a user of the scenario "
                            f"({', '.join(sorted(users))})")
-        shown, run, channel = wrap(typed, one.via, user, self.settings.name, one.pam, tuple(one.properties))
+        pam = self.text(one.pam, f"{where}.pam", extra)
+        properties = tuple(self.text(p, f"{where}.properties[{i}]", extra) for i, p in enumerate(one.properties))
+        shown, run, channel = wrap(typed, one.via, user, self.settings.name, pam, properties)
         return PlannedCommand(shown=shown, run=run, channel=channel, user=user or self.ctx["admin"], via=one.via,
                               title=self.text(one.title, f"{where}.title", extra),
                               why=self.text(one.why, f"{where}.why", extra), typed=typed, source=f"{where}.command")

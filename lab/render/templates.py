@@ -85,7 +85,7 @@ def render_file(env: jinja2.Environment, name: str, ctx: dict[str, Any], where: 
     except jinja2.TemplateNotFound as exc:
         raise LabError(f"template {exc.name} not found", hint=where or "check the file name") from None
     except jinja2.TemplateSyntaxError as exc:
-        raise LabError(f"{exc.filename or name}:{exc.lineno}: template syntax error: {exc.message}"
+        raise LabError(f"{_path(env, exc.name or name)}:{exc.lineno}: template syntax error: {exc.message}"
                        f"{_comment_hint(exc)}") from None
     except jinja2.UndefinedError as exc:
         raise LabError(f"{name}:{_line(exc, name)}: {exc.message}",
@@ -100,6 +100,15 @@ def render_string(env: jinja2.Environment, text: str, ctx: dict[str, Any], where
         raise LabError(f"{where}: template syntax error: {exc.message}{_comment_hint(exc)}") from None
     except jinja2.UndefinedError as exc:
         raise LabError(f"{where}: {exc.message}", hint="a template uses a value the scenario does not set") from None
+
+
+def _path(env: jinja2.Environment, name: str) -> str:
+    """The file a template name was loaded from (the name itself if the loader cannot say)."""
+    try:
+        assert env.loader is not None
+        return env.loader.get_source(env, name)[1] or name
+    except (jinja2.TemplateNotFound, AssertionError):
+        return name
 
 
 def _comment_hint(exc: jinja2.TemplateSyntaxError) -> str:
