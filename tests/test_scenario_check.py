@@ -135,3 +135,123 @@ def test_scenarios_lists_every_shipped_one(tmp_path: Path) -> None:
     for sid in sc.shipped():
         assert sid in result.stdout
     assert "pam-cgfs" in result.stdout
+
+
+# --- lab.check's catches before any VM boots (issue 20, and 25 item 4): one case each -------------
+# (what is caught, old text of the scaffold's scenario.toml, new text, extra files, words that must be in
+# the one line that says it, text on the line of scenario.toml it must name (or None))
+BASE_START = '''start = { command = "sh -c 'grep \\"user-$(id -u).slice\\" /proc/self/cgroup'", via = "sudo", user = "appuser" }'''
+CATCHES = [
+    ("a package the release does not have", "[targets.bookworm]\npackages = []",
+     '[targets.bookworm]\npackages = ["lxc-templatez"]', {},
+     ["'lxc-templatez' is not a package of Debian bookworm", "did you mean 'lxc-templates'"], "lxc-templatez"),
+    ("a non-zero exit through a via that always exits 0", 'via = "ssh", user = "appuser" }\nexpect = "own-slice"',
+     'via = "machinectl", user = "appuser" }\nexpect = "own-slice"\nexit = 1', {},
+     ["always 0", "machinectl"], None),
+    ("an evidence command reading a v1 path on cgroup v2", '{ command = "cat /proc/self/cgroup" },',
+     '{ command = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes" },', {},
+     ["/sys/fs/cgroup/memory does not exist on bookworm-unified", "will fail"],
+     "memory.limit_in_bytes"),
+    ("a program no package of the box ships", '{ command = "cat /proc/self/cgroup" },',
+     '{ command = "lxc-ls --active" },', {},
+     ["'lxc-ls' is not in the box", "lxc", "add it to targets.bookworm.packages"], "lxc-ls --active"),
+    ("evidence that differs only by chance", '''expect = "same"
+commands = [
+  { command = "cat /proc/self/cgroup" },
+  { command = "cat /proc/self/cgroup", via = "sudo", user = "appuser" },''', '''expect = "differ"
+commands = [
+  { command = "cat /proc/self/cgroup" },
+  { command = "cat /proc/self/cgroup" },''',
+     {}, ["differ only by chance"], None),
+    ("a catch-all rule before others", '''rules = [
+  { outcome = "own-slice", when = { exit_code = "^0$" } },
+  { outcome = "in-admin-session" },
+]''', '''rules = [
+  { outcome = "in-admin-session" },
+  { outcome = "own-slice", when = { exit_code = "^0$" } },
+]''', {}, ["matches everything", "can never match; put it last"], None),
+    ("a rule field without an observe script", '{ exit_code = "^0$" }', '{ slice = "^user" }', {},
+     ["field 'slice': there is no observe script", "can never match"], None),
+    ("a rule field the observe script never prints", '[observe]\nrules = [\n  { outcome = "own-slice", when = { exit_code = "^0$" } },',
+     '[observe]\nscript = "observe.sh"\nrules = [\n  { outcome = "own-slice", when = { slice = "^user" } },',
+     {"observe.sh": "#!/bin/bash\necho \"cgroup=$(cat /proc/self/cgroup)\"\n"},
+     ["never printed", "observe.sh"], None),
+    ("template text in a value", 'user = "appuser"\n', 'user = "appuser"\nwho = "{{ vars.user }}"\n', {},
+     ["vars.who", "is a value, not a template"], None),
+    ("${#var} in a script", "", "", {"teardown.sh": "#!/bin/bash\nx=abc\necho ${#x}\n"},
+     ["`{#` opens a jinja2 comment", "{% raw %}", "teardown.sh:3"], None),
+    ("a key given as a value and then per target", "grep finds no line with {{ vars.user }}'s own.\"",
+     "grep finds no line with {{ vars.user }}'s own.\"\nwhy.bookworm = \"x\"", {},
+     ["why.bookworm: 'why' already has a value (line", "per-target values"], "why.bookworm"),
+    ("an undefined var in a fix names the fix and the vars", 'title = "log in as {{ vars.user }}',
+     'title = "log in as {{ vars.usr }}', {}, ["fixes[ssh-login].title", "vars defined here: user"], None),
+    ("run0 on a target whose systemd lacks it", BASE_START,
+     BASE_START.replace('via = "sudo"', 'via = "run0"'), {},
+     ["via = 'run0' on bookworm: it came with systemd 256, bookworm has systemd 252"], None),
+    ("cron without the cron package", BASE_START, BASE_START.replace('via = "sudo"', 'via = "cron"'), {},
+     ["via = 'cron' needs the package 'cron' on bookworm:"], None),
+    ("a key that cannot differ by target", 'own-slice = { words = "runs in the user\'s own slice" }',
+     'own-slice = { words = { bookworm = "x", "*" = "y" } }', {}, ["cannot differ by target"], "own-slice = {"),
+    ("a control that shows the bug", '[[fixes]]\nid = "ssh-login"', '[[controls]]\nid = "sudo-again"\n'
+     'title = "t"\nexpect = "in-admin-session"\n\n[[fixes]]\nid = "ssh-login"', {},
+     ["a control must not show the bug", "controls[sudo-again]", "on bookworm,"], None),
+    ("bash -n on a provisioning script", "", "", {"provision/prepare.sh": "#!/bin/bash\nif true; then\n  echo x\n"},
+     ["provision/prepare.sh", "bash -n: syntax error"], None),
+    ("a provisioning script runs a program the box lacks", "", "",
+     {"provision/prepare.sh": "#!/bin/bash\nset -e\nlxc-create -t busybox -n c1\n"},
+     ["provision/prepare.sh:3", "'lxc-create' is not in the box on bookworm:"], None),
+    ("a templated user that renders to no user of the scenario", 'user = "appuser"\n', 'user = "appuser"\nother = "nobody2"\n'
+     , {}, [], None),
+    ("a file outside the scenario and its shared folder", 'script = "provision/prepare.sh"',
+     'script = "../../outside.sh"', {}, ["points outside the scenario folder and its shared folder"], None),
+    ("a login-shell via for a nologin user", 'unprivileged = ["appuser"]',
+     'unprivileged = [{ name = "appuser", shell = "/usr/sbin/nologin" }]', {},
+     ["runs appuser's login shell, /usr/sbin/nologin, which refuses"], None),
+]
+# the templated user case: its user renders to a name the scenario does not have
+CATCHES[18] = (CATCHES[18][0], BASE_START, BASE_START.replace('user = "appuser"', 'user = "{{ vars.other }}"'),
+               {"__vars__": ""}, ["baseline.start.user", "'nobody2' (as rendered) is not a user of the scenario"], None)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("what", "old", "new", "files", "says", "on_line"), CATCHES, ids=[c[0] for c in CATCHES])
+def test_lab_check_catches_before_any_vm(tmp_path: Path, what: str, old: str, new: str, files: dict[str, str],
+                                         says: list[str], on_line: str | None) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(SCAFFOLD, folder)
+    toml = folder / "scenario.toml"
+    text = toml.read_text().replace("SCENARIO_ID", "bad")
+    if "__vars__" in files:
+        text = text.replace('user = "appuser"\n', 'user = "appuser"\nother = "nobody2"\n', 1)
+    if old:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    toml.write_text(text)
+    for rel, content in files.items():
+        if rel != "__vars__":
+            (folder / rel).write_text(content)
+    result = invoke(tmp_path, "lab.check", "--scenario", str(folder))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "Traceback" not in out
+    lines = [line for line in result.stderr.splitlines() if all(s in line for s in says)]
+    assert len(lines) == 1, (says, result.stderr)
+    if on_line is not None:
+        assert f"scenario.toml:{line_of(folder, on_line)}" in lines[0], lines[0]
+
+
+@pytest.mark.integration
+def test_a_shellcheck_finding_in_an_inherited_command_is_said_once_at_its_line(tmp_path: Path) -> None:
+    """The baseline's start, inherited by two fixes, on two targets: one line, at scenario.toml's line."""
+    folder = folder_with(tmp_path, BASE_START,
+                         '''start = { command = "cd /tmp; sh -c 'grep \\"user-$(id -u).slice\\" /proc/self/cgroup'", '''
+                         '''via = "sudo", user = "appuser" }''')
+    toml = folder / "scenario.toml"
+    toml.write_text(toml.read_text() + '\n[[fixes]]\nid = "again"\ntitle = "t"\nexpect = "in-admin-session"\n'
+                    '\n[[fixes]]\nid = "again2"\ntitle = "t"\nexpect = "in-admin-session"\n')
+    result = invoke(tmp_path, "lab.check", "--scenario", str(folder))
+    assert result.returncode == 2
+    found = [line for line in result.stderr.splitlines() if "SC2164" in line]
+    assert len(found) == 1, result.stderr
+    assert f"scenario.toml:{line_of(folder, 'cd /tmp;')}: baseline.start.command" in found[0]
+    assert found[0].startswith("error: [bookworm, bookworm-unified]"), found[0]

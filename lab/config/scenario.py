@@ -601,7 +601,9 @@ def _cross_problems(folder: Path, text: str, raw: Any, m: ScenarioModel) -> list
     out: list[Problem] = []
 
     def add(loc: list[str | int], message: str) -> None:
-        out.append(Problem(file, _dotted(loc, raw), message, locate(text, loc)))
+        problem = Problem(file, _dotted(loc, raw), message, locate(text, loc))
+        if problem not in out:  # the same on several targets: said once
+            out.append(problem)
 
     known_targets = all_targets()
     for name in m.targets:
@@ -834,6 +836,12 @@ def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> Problem
                 return Problem(file, key, f"{head!r} already has a value (line {first}); a key is either one value "
                                           f"or a table of per-target values ({head}.bookworm = ..., {head}.\"*\" = "
                                           f"...), not both", line)
+        first = next((i + 1 for i, text_line in enumerate(lines[: (line or 1) - 1])
+                      if re.match(rf"\s*{re.escape(key)}\.", text_line)), None)
+        if first:
+            return Problem(file, key, f"{key!r} is already a table of per-target values (line {first}); a key is "
+                                      f"either one value or per-target values ({key}.bookworm = ..., "
+                                      f"{key}.\"*\" = ...), not both", line)
         return Problem(file, key, f"{key!r} is given twice (TOML: {reason})", line)
     return Problem(file, key, f"not valid TOML: {reason}", line)
 
