@@ -29,7 +29,15 @@ SHELLCHECK_TIMEOUT = 120  # seconds for one shellcheck run over every script of 
 BASH_N_TIMEOUT = 30  # seconds for one `bash -n`
 
 # bash's builtins and keywords, and what any Debian box has without a package to name
-SHELL_WORDS = set(["alias", "bg", "bind", "break", "builtin", "caller", "cd", "command", "compgen", "complete", "compopt", "continue", "declare", "dirs", "disown", "echo", "enable", "eval", "exec", "exit", "export", "false", "fc", "fg", "getopts", "hash", "help", "history", "jobs", "kill", "let", "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "set", "shift", "shopt", "source", "suspend", "test", "times", "trap", "true", "type", "typeset", "ulimit", "umask", "unalias", "unset", "wait", ".", ":", "[", "[[", "]]", "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done", "in", "function", "select", "time", "coproc", "{", "}", "!"])
+SHELL_WORDS = {
+    'alias', 'bg', 'bind', 'break', 'builtin', 'caller', 'cd', 'command', 'compgen', 'complete', 'compopt',
+    'continue', 'declare', 'dirs', 'disown', 'echo', 'enable', 'eval', 'exec', 'exit', 'export', 'false', 'fc',
+    'fg', 'getopts', 'hash', 'help', 'history', 'jobs', 'kill', 'let', 'local', 'logout', 'mapfile', 'popd',
+    'printf', 'pushd', 'pwd', 'read', 'readarray', 'readonly', 'return', 'set', 'shift', 'shopt', 'source',
+    'suspend', 'test', 'times', 'trap', 'true', 'type', 'typeset', 'ulimit', 'umask', 'unalias', 'unset', 'wait',
+    '.', ':', '[', '[[', ']]', 'if', 'then', 'else', 'elif', 'fi', 'case', 'esac', 'for', 'while', 'until', 'do',
+    'done', 'in', 'function', 'select', 'time', 'coproc', '{', '}', '!',
+}
 
 # paths that exist on one cgroup layout only (kernel's cgroup-v1 and cgroup-v2 docs; systemd's
 # hybrid layout mounts the v2 tree at /sys/fs/cgroup/unified)
