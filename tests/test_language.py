@@ -63,7 +63,8 @@ def test_every_via_has_its_typed_form() -> None:
 def test_unit_properties_become_systemd_run_options() -> None:
     shown, _, _ = wrap("ulimit -n", "unit", "app", "lab", properties=("LimitNOFILE=10:20",))
     assert "-p User=app -p LimitNOFILE=10:20 sh -c 'ulimit -n'" in shown
-    assert "--property=LimitNOFILE=10:20" in wrap("ulimit -n", "run0", "app", "lab", properties=("LimitNOFILE=10:20",))[0]
+    run0 = wrap("ulimit -n", "run0", "app", "lab", properties=("LimitNOFILE=10:20",))[0]
+    assert "--property=LimitNOFILE=10:20" in run0
 
 
 def test_start_and_its_fields_may_differ_by_target(tmp_path: Path) -> None:
@@ -110,8 +111,9 @@ def test_users_and_rules_are_templates(tmp_path: Path) -> None:
 
 
 def test_titles_words_and_sources_are_rendered(tmp_path: Path) -> None:
-    folder = scenario_dir(tmp_path, edit={'words = "runs in the user\'s own slice"': 'words = "runs in {{ vars.user }}\'s own slice"',
-                                          'sources = ["https://www': 'sources = ["https://{{ target.release }}.example/", "https://www'})
+    folder = scenario_dir(tmp_path, edit={
+        'words = "runs in the user\'s own slice"': 'words = "runs in {{ vars.user }}\'s own slice"',
+        'sources = ["https://www': 'sources = ["https://{{ target.release }}.example/", "https://www'})
     p = planned(folder)
     assert p.outcomes["own-slice"]["words"] == "runs in appuser's own slice"
     assert p.sources[0] == "https://bookworm.example/"
@@ -160,7 +162,8 @@ def test_signatures_match_observe_fields() -> None:
 def test_the_shared_folder_next_to_the_scenario(tmp_path: Path) -> None:
     shared = tmp_path / "bugs" / "shared"
     shared.mkdir(parents=True)
-    (shared / "setup.sh").write_text("#!/bin/bash\n{% from 'shared/lib.sh.j2' import hello %}\n{{ hello(vars.user) }}\n")
+    (shared / "setup.sh").write_text("#!/bin/bash\n{% from 'shared/lib.sh.j2' import hello %}\n"
+                                     "{{ hello(vars.user) }}\n")
     (shared / "lib.sh.j2").write_text("{% macro hello(u) %}echo hello {{ u|sh }}{% endmacro %}\n")
     folder = scenario_dir(tmp_path, edit={'script = "provision/prepare.sh"': 'script = "../shared/setup.sh"'})
     s = Settings(target="bookworm", scenario=str(folder), name="t")
@@ -195,7 +198,8 @@ def test_cron_line_escapes_percent_and_reports_its_end() -> None:
 
 
 def test_toml_error_names_the_key(tmp_path: Path) -> None:
-    folder = scenario_dir(tmp_path, edit={'expect = "in-admin-session"\n': 'expect = "in-admin-session"\nexpect.bookworm = "x"\n'})
+    folder = scenario_dir(tmp_path, edit={'expect = "in-admin-session"\n':
+                                          'expect = "in-admin-session"\nexpect.bookworm = "x"\n'})
     _, problems = sc.check_data(folder)
     assert len(problems) == 1 and "expect.bookworm: 'expect' already has a value (line" in str(problems[0])
 
