@@ -205,6 +205,12 @@ commands = [
     ("a templated user that renders to no user of the scenario", "", "", {}, [], None),
     ("a file outside the scenario and its shared folder", 'script = "provision/prepare.sh"',
      'script = "../../outside.sh"', {}, ["points outside the scenario folder and its shared folder"], None),
+    ("a program of /usr/local/bin run by cron without its path", BASE_START,
+     BASE_START.replace('via = "sudo"', 'via = "cron"').replace(
+         "sh -c 'grep \\\"user-$(id -u).slice\\\" /proc/self/cgroup'", "lab-tool --now"),
+     {"provision/prepare.sh": "#!/bin/bash\nprintf '#!/bin/sh\\necho hi\\n' > /usr/local/bin/lab-tool\n",
+      "__cron__": ""},
+     ["'lab-tool' is made in /usr/local/bin, which is not on cron's PATH", "write its full path"], None),
     ("a login-shell via for a nologin user", 'unprivileged = ["appuser"]',
      'unprivileged = [{ name = "appuser", shell = "/usr/sbin/nologin" }]', {},
      ["runs appuser's login shell, /usr/sbin/nologin, which refuses"], None),
@@ -225,12 +231,14 @@ def test_lab_check_catches_before_any_vm(tmp_path: Path, what: str, old: str, ne
     text = toml.read_text().replace("SCENARIO_ID", "bad")
     if "__vars__" in files:
         text = text.replace('user = "appuser"\n', 'user = "appuser"\nother = "nobody2"\n', 1)
+    if "__cron__" in files:
+        text = text.replace("packages = []", 'packages = ["cron"]')
     if old:
         assert old in text, old
         text = text.replace(old, new, 1)
     toml.write_text(text)
     for rel, content in files.items():
-        if rel != "__vars__":
+        if not rel.startswith("__"):
             (folder / rel).write_text(content)
     result = invoke(tmp_path, "lab.check", "--scenario", str(folder))
     out = result.stdout + result.stderr

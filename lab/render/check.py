@@ -349,7 +349,12 @@ def _missing_commands(scenario: sc.Scenario, target: Target, idx: debindex.Packa
             judge(word, _where(sources.get(name), name, text, line), functions)
     for c in commands:
         for word, line in first_words(c.text):
-            judge(word, _command_where(scenario, c.key, line), set())
+            where = _command_where(scenario, c.key, line)
+            if c.via == "cron" and word in made:
+                # Debian's cron runs jobs with PATH=/usr/bin:/bin (cron(8)), not the login's PATH
+                out.append(f"{where}: {word!r} is made in /usr/local/bin, which is not on cron's PATH "
+                           f"(/usr/bin:/bin): the job would say 'not found'; write its full path")
+            judge(word, where, set())
     return out
 
 

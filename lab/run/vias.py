@@ -117,8 +117,12 @@ def run_tty(transport: paramiko.Transport, user: str, command: str, step: str, t
         channel.get_pty(term="dumb", width=4000, height=50)
         channel.exec_command(launcher)
         _read_until(channel, deadline, lambda text: bool(re.search(r"[$#>] $", text)))
-        # the markers are made by printf, so the typed line (echoed by the terminal) never holds them
-        line = (f"printf '%s_B\\n' {token}; {command}\nprintf '\\n%s_E %s\\n' {token} \"$?\"\n")
+        # no echo of what is typed next, so the output is the command's alone; the markers are made
+        # by printf, so the typed text never holds them
+        channel.sendall(f"stty -echo; printf '%s_R\\n' {token}\n".encode())
+        _read_until(channel, deadline, lambda text: bool(re.search(rf"\n{token}_R\n.*[$#>] $", text, re.DOTALL)))
+        # one command list: the shell reads all of it (continuation prompts included) before it runs
+        line = f"printf '%s_B\\n' {token}; {{ {command}\n}}; printf '\\n%s_E %s\\n' {token} \"$?\"\n"
         channel.sendall(line.encode())
         out = _read_until(channel, deadline, lambda text: bool(re.search(rf"\n{token}_E (\d+)\n", text)))
         channel.sendall(b"exit\n")
@@ -133,12 +137,12 @@ def run_tty(transport: paramiko.Transport, user: str, command: str, step: str, t
         raise command_failed(exc if not isinstance(exc, TtyError) else TimeoutError(str(exc)), shown or command,
                              step, timeout, label) from None
     channel.close()
-    body = out.split(f"\n{token}_B\n", 1)[-1]
+    # continuation prompts ("> ") may stand before the first marker on its line
+    body = out.split(f"{token}_B\n", 1)[-1]
     m = re.search(rf"\n{token}_E (\d+)\n", body)
     assert m is not None
-    return CommandResult(command=shown or command, user=user, exit_code=int(m.group(1)), stdout=body[: m.start()]
-                         + "\n" if body[: m.start()] else "", stderr="", seconds=time.monotonic() - started,
-                         guest_seconds=None)
+    return CommandResult(command=shown or command, user=user, exit_code=int(m.group(1)), stdout=body[: m.start()],
+                         stderr="", seconds=time.monotonic() - started, guest_seconds=None)
 
 
 def _read_until(channel: paramiko.Channel, deadline: float, done, until_closed: bool = False) -> str:
