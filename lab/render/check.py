@@ -14,8 +14,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bashlex
-
 from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.config.targets import Target
@@ -296,6 +294,8 @@ def _packages(scenario: sc.Scenario, target: Target, idx: debindex.PackageIndex)
 def first_words(text: str) -> list[tuple[str, int]]:
     """(program, line) of every simple command in a shell text: its first word after assignments
     and redirections (bashlex's parse; a text bashlex cannot parse gives nothing)."""
+    import bashlex  # builds its parser tables on import (~0.5 s): only when a check needs it
+
     try:
         trees = bashlex.parse(text)
     except Exception:  # bashlex raises its own errors and plain ones on what it does not know

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from lab.core import paths
@@ -158,6 +159,7 @@ def parse_contents(lines: Iterable[str], into: dict[str, list[str]]) -> None:
                 found.append(pkg)
 
 
+@cache
 def load(mirror: str, release: str, contents: bool = True) -> PackageIndex:
     """The release's index from the cache, or downloaded from mirror and cached. Raises
     IndexUnavailable when neither works. contents: also the program -> package map (~45 MiB to
