@@ -229,7 +229,8 @@ wait = { command = "echo busy", until = "^idle$", seconds = 0.3, every = 0.1 }
     monkeypatch.setattr(lifecycle, "require_running", lambda settings: None)
     remote = ScriptedRemote(answers={"ctl:wait-1": (0, "busy\n"), "baseline:start": (1, "")})
     use(monkeypatch, remote)
-    monkeypatch.setattr(engine.Runner, "_login_as", lambda self, user, command, step: remote.run(command, step=step))
+    monkeypatch.setattr(engine.Runner, "_login_as",
+                        lambda self, user, command, step, timeout=None: remote.run(command, step=step))
     assert engine.run(s, only=("ctl",)) is False
     record = json.loads(next(lab.reports.glob("*/verify.json")).read_text())
     ctl = record["fixes"][0]

@@ -97,12 +97,13 @@ class Runner:
                 self.broken = gone  # the VM itself is gone: no cleanup can reach it
             raise
 
-    def _login_as(self, user: str, command: str, step: str) -> CommandResult:
+    def _login_as(self, user: str, command: str, step: str, timeout: float | None = None) -> CommandResult:
         """A fresh SSH login as user (its own PAM and logind session), one command, then logout."""
         ep = self.remote.endpoint
         login = Endpoint(host=ep.host, port=ep.port, user=user, key_file=ep.key_file)
         with Remote(login, self.remote.known_hosts, connect_timeout=min(60, self.remote.connect_timeout),
-                    command_timeout=self.settings.command_timeout, label=f"lab {self.settings.name} as {user}") as r:
+                    command_timeout=timeout or self.settings.command_timeout,
+                    label=f"lab {self.settings.name} as {user}") as r:
             return r.run(command, step=step)
 
     def _step(self, id: str, title: str, shown: str, user: str, run: Callable[[], CommandResult],
@@ -125,7 +126,7 @@ class Runner:
         seconds = timeout or self.settings.command_timeout
         if cmd.channel == "ssh":
             return self._step(id, title or cmd.title, cmd.shown, cmd.user,
-                              lambda: self._login_as(cmd.user, cmd.run, id), expected, cmd.why, quiet)
+                              lambda: self._login_as(cmd.user, cmd.run, id, seconds), expected, cmd.why, quiet)
         # --- via hook (lab.run.vias): cron and tty ---
         if cmd.channel == "cron":
             return self._step(id, title or cmd.title, cmd.shown, cmd.user,

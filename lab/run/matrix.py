@@ -41,8 +41,8 @@ def _cell(settings: Settings, rec: dict) -> dict:
             "error": rec.get("error"), "run_dir": str(paths.lab_dir(settings.name).reports / rec["run"]),
             "versions": (rec.get("versions") or {}).get("text", ""), "evidence_holds":
                 [bool(e.get("holds")) for e in rec.get("evidence") or []],
-            "tries": {t["id"]: {"expected": t["expected"], "observed": t["observed"], "ok": t["ok"]}
-                      for t in tries if t}}
+            "tries": {t["id"]: {"expected": t["expected"], "observed": t["observed"], "ok": t["ok"],
+                                "kind": t.get("kind", "fix")} for t in tries if t}}
 
 
 MAX_JOBS = 8
