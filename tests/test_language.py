@@ -247,3 +247,36 @@ def test_a_templated_user_that_is_no_user_is_refused_when_rendered(tmp_path: Pat
                                           'via = "sudo", user = "{{ vars.nobody }}" }\nexpect'})
     with pytest.raises(LabError, match=r"baseline.start.user: 'nobody2' \(as rendered\) is not a user"):
         planned(folder)
+
+
+def test_a_degraded_manager_still_counts_as_reached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sudo-systemctl-user's latent fault: `systemctl --user is-system-running` prints "degraded" and
+    exits 1 when a user unit failed; the manager was reached all the same. With exit apart from the
+    outcome the try is met; the failing tries still must exit non-zero."""
+    from lab.core import paths
+    from lab.core.files import write_files
+    from lab.machine import lifecycle, state
+    from lab.machine.state import Phase
+
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, target="bookworm-unified", scenario="sudo-systemctl-user")
+    lab = paths.lab_dir(s.name)
+    write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
+    state.advance(lab, Phase.PROVISIONED, "up")
+    monkeypatch.setattr(lifecycle, "require_running", lambda settings: None)
+    no_bus = (1, "Failed to connect to bus: No medium found\n")
+    remote = ScriptedRemote(answers={
+        "evidence-1-1": (0, "XDG_RUNTIME_DIR=/run/user/1001\n1001\n"),
+        "evidence-1-2": (0, "XDG_RUNTIME_DIR=unset\n1002\n"),
+        "baseline:start": no_bus, "su:start": no_bus, "su-login:start": no_bus, "baseline-restored:start": no_bus,
+        "xdg-env:start": (1, "degraded\n"), "machine-flag:start": (0, "running\n"),
+        "machinectl:start": (0, "\x00running\r\n"), "ssh-login:start": (0, "running\n")})
+    use(monkeypatch, remote)
+    monkeypatch.setattr(engine.Runner, "_login_as",
+                        lambda self, user, command, step, timeout=None: remote.run(command, step=step))
+    assert engine.run(s) is True
+    record = json.loads((lab.reports / "latest" / "verify.json").read_text())
+    tries = {t["id"]: t for t in record["fixes"]}
+    assert tries["xdg-env"]["observed"] == "works" and tries["xdg-env"]["ok"] is True
+    assert tries["xdg-env"]["exit_code"] == 1
+    assert {t["id"]: t["kind"] for t in record["fixes"]}["su"] == "variant"

@@ -225,6 +225,7 @@ class Users(Strict):
         return tuple(u.name for u in self.unprivileged)
 
     def spec(self, name: str) -> UserSpec | None:
+        """The unprivileged user called name (None: the admin, or no such user)."""
         return next((u for u in self.unprivileged if u.name == name), None)
 
 
@@ -246,6 +247,8 @@ class Provision(Strict):
 
 
 class ScenarioModel(Strict):
+    """A scenario.toml as validated data (README: Write a scenario for your bug)."""
+
     id: Annotated[str, Field(pattern=ID)]
     title: str
     explanation: str
@@ -409,10 +412,12 @@ def expected(t: Try, target: str) -> str:
 
 
 def signatures(t: Try, target: str) -> tuple[str, ...]:
+    """The try's signature regexes on target (templates, not rendered yet)."""
     return tuple(per_target(t.signature, target, []) or [])
 
 
 def waits(t: Try, target: str) -> tuple[Wait, ...]:
+    """The try's waits on target, in order."""
     found = per_target(t.wait, target, []) or []
     return (found,) if isinstance(found, Wait) else tuple(found)
 
