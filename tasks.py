@@ -303,7 +303,8 @@ def scenarios(c):
         default = "  [dim](default)[/]" if sid == sc.DEFAULT_SCENARIO else ""
         console.info(f"[bold cyan]{sid}[/]  {s.model.title}{default}")
         for target in s.target_names:
-            fixes = ", ".join(f.id for f in s.fixes_for(target)) or "no fixes"
+            fixes = ", ".join(f.id if s.kind(f) == "fix" else f"{f.id} ({s.kind(f)})"
+                              for f in s.fixes_for(target)) or "no fixes"
             console.info(f"   ↳ {target}: {fixes}")
 
 
