@@ -19,7 +19,8 @@ class Via:
     ("" for none); needs_user: it starts the process as another user (user = is required);
     login_shell: it runs the user's login shell (a nologin user is refused there); packages: Debian
     packages that must be in the box for it; commands: programs it runs in the guest; min_systemd:
-    the first systemd version that has it; exit_status: "propagated" when the start command's exit
+    the first systemd version that has what it uses (machinectl shell: 225; systemd-run's --wait,
+    --pipe and --pty: 235; run0: 256; the cron runner restarts cron.service with systemctl); exit_status: "propagated" when the start command's exit
     status is that of the user's command, "zero" when it is always 0 (so a non-zero exit can never
     be expected through it)."""
 
@@ -46,16 +47,17 @@ VIAS: dict[str, Via] = {v.name: v for v in (
         commands=("setpriv",)),
     # machinectl shell does not pass the exit status on (tests/test_vias_vm.py measures it on every target)
     Via("machinectl", "sudo machinectl shell USER@ /bin/sh -c CMD", "login (through systemd-machined)",
-        login_shell=True, packages=("systemd-container",), commands=("machinectl", "script"),
+        login_shell=True, packages=("systemd-container",), commands=("machinectl", "script"), min_systemd=225,
         exit_status="zero"),
     Via("ssh", "ssh USER@lab CMD", "sshd", login_shell=True),
+    # the runner restarts cron.service with systemctl (lab.run.vias)
     Via("cron", "@reboot CMD in USER's crontab, run by cron", "cron", packages=("cron",),
-        commands=("crontab", "cron")),
+        commands=("crontab", "cron"), min_systemd=215),
     Via("unit", "sudo systemd-run --wait --pipe -p User=USER [-p PAMName=P] sh -c CMD",
-        "none, or PAMName= (pam =)", commands=("systemd-run",)),
+        "none, or PAMName= (pam =)", commands=("systemd-run",), min_systemd=235),
     Via("run0", "sudo run0 --user=USER sh -c CMD", "systemd-run0", commands=("run0",), min_systemd=256),
     Via("tty", "CMD typed at a console: agetty --autologin USER on a terminal, login, the user's shell", "login",
-        login_shell=True, commands=("agetty", "login", "systemd-run")),
+        login_shell=True, commands=("agetty", "login", "systemd-run"), min_systemd=235),
 )}
 
 NAMES = tuple(VIAS)
