@@ -21,8 +21,8 @@ class Via:
     packages that must be in the box for it; commands: programs it runs in the guest; min_systemd:
     the first systemd version that has what it uses (machinectl shell: 225; systemd-run's --wait,
     --pipe and --pty: 235; run0: 256; the cron runner restarts cron.service with systemctl);
-    exit_status: "propagated" when the start command's exit status is that of the user's command, "zero" when it is always 0 (so a non-zero exit can never
-    be expected through it)."""
+    exit_status: "propagated" when the start command's exit status is that of the user's command,
+    "zero" when it is always 0 (so a non-zero exit can never be expected through it)."""
 
     name: str
     typed: str
