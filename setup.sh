@@ -24,10 +24,12 @@ fi
 if [ -e /dev/kvm ] && [ ! -e /run/udev/control ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-# report.html inlines the asciinema player, pinned in vendor/npm/package-lock.json (node_modules is not committed).
-if [ ! vendor/npm/node_modules/.package-lock.json -nt vendor/npm/package-lock.json ]; then
-  echo "setup: installing the asciinema player (npm ci in vendor/npm)"
-  npm ci --prefix vendor/npm --no-audit --no-fund --loglevel=error >/dev/null
+# The versions the suite passed with (constraints.txt); the project itself editable, with its test tools.
+python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+# report.html inlines the asciinema player, pinned in lab/data/player/package-lock.json (node_modules
+# is not committed; a wheel built after this carries the player's bundle).
+if [ ! lab/data/player/node_modules/.package-lock.json -nt lab/data/player/package-lock.json ]; then
+  echo "setup: installing the asciinema player (npm ci in lab/data/player)"
+  npm ci --prefix lab/data/player --no-audit --no-fund --loglevel=error >/dev/null
 fi
 echo "setup: done ($(vagrant --version), $(packer version | head -n 1), python $(python3 -V | cut -d' ' -f2))"

@@ -169,9 +169,15 @@ def test_verify_shows_the_measured_matrix(bookworm_lab: tuple[Path, str]) -> Non
     assert record["scenario"]["id"] == "sudo-lxc-cgroups"
     assert record["evidence"][0]["holds"] is True
     assert "session-" in record["evidence"][0]["columns"][0]["output"]
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == HYBRID
-    assert record["restored"] is True
+    assert record["tries"][-1]["id"] == "baseline-restored" and record["tries"][-1]["ok"] is True
+    assert record["isolation"] == "snapshot" and [r["how"] for r in record["reverts"]] == ["loadvm"] * 8
+    teardown = invoke(workdir, "lab.verify", "--isolation", "teardown", timeout=1200)
+    assert teardown.returncode == 0, teardown.stdout[-3000:]
+    by_teardown = json.loads((reports / "verify.json").read_text())
+    assert by_teardown["isolation"] == "teardown" and by_teardown["reverts"] == []
+    assert {f["id"]: f["observed"] for f in by_teardown["tries"]} == {f["id"]: f["observed"] for f in record["tries"]}
     for step in record["steps"]:
         for key in ("id", "command", "user", "exit_code", "stdout", "stderr", "seconds", "expected", "ok"):
             assert key in step
@@ -194,7 +200,7 @@ def test_verify_again_starts_from_a_clean_baseline(bookworm_lab: tuple[Path, str
     result = invoke(workdir, "lab.verify", "--fix", "cgm", timeout=900)
     assert result.returncode == 0
     record = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json").read_text())
-    assert [f["id"] for f in record["fixes"]] == ["cgm"]
+    assert [f["id"] for f in record["tries"] if f["kind"] == "fix"] == ["cgm"]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +220,7 @@ def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tu
     result = invoke(workdir, "lab.verify", "--name", second, timeout=1200)
     assert result.returncode == 0
     record = json.loads((workdir / ".lab" / second / "reports" / "latest" / "verify.json").read_text())
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == UNIFIED
     assert invoke(workdir, "lab.destroy", "--name", second, timeout=600).returncode == 0
     assert leftovers(second) == []
@@ -418,13 +424,31 @@ def git_state() -> str:
                           text=True, check=True).stdout
 
 
+def same_matrix(snapshot: dict, teardown: dict) -> bool:
+    """Both runs met their expectations with the same observed outcome for every try (issue 24: the
+    shipped scenarios verify alike under both isolations)."""
+    def matrix(rec: dict) -> dict:
+        return {t["id"]: t["observed"] for t in rec["tries"]}
+    assert (snapshot["exit_code"], teardown["exit_code"]) == (0, 0), (snapshot.get("error"), teardown.get("error"))
+    assert matrix(snapshot) == matrix(teardown), (matrix(snapshot), matrix(teardown))
+    return True
+
+
 def up_verify_destroy(workdir: Path, name: str, *up_args: str) -> dict:
-    """lab.up, lab.verify, lab.destroy of one lab (destroyed whatever happens); the verify record."""
+    """lab.up, lab.verify under each isolation, lab.destroy of one lab (destroyed whatever happens):
+    the record of the (default) snapshot run, with exit_code, and the teardown run's record under
+    "teardown" (with its exit_code): a shipped scenario must give the same matrix both ways."""
     try:
         assert invoke(workdir, "lab.up", *up_args, "--name", name).returncode == 0
-        verified = invoke(workdir, "lab.verify", "--name", name, timeout=1200)
-        record = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json").read_text())
-        record["exit_code"] = verified.returncode
+        records = {}
+        for isolation in ("teardown", "snapshot"):
+            verified = invoke(workdir, "lab.verify", "--name", name, "--isolation", isolation, timeout=1200)
+            records[isolation] = json.loads((workdir / ".lab" / name / "reports" / "latest" / "verify.json")
+                                            .read_text())
+            records[isolation]["exit_code"] = verified.returncode
+            assert records[isolation]["isolation"] == isolation
+        record = records["snapshot"]
+        record["teardown"] = records["teardown"]
         return record
     finally:
         invoke(workdir, "lab.destroy", "--name", name, timeout=600)
@@ -472,9 +496,10 @@ def test_sudo_systemctl_user_scenario(workdir: Path, target: str) -> None:
     """The same outcomes on systemd 252 and 257; only the error's wording differs (both signatures)."""
     record = up_verify_destroy(workdir, f"e2e-systemctl-{target}", "--scenario", "sudo-systemctl-user",
                                "--target", target)
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
     assert observed == SYSTEMCTL
     assert record["ok"] is True and record["exit_code"] == 0
+    assert same_matrix(record, record["teardown"])
     assert record["evidence"][0]["holds"] is True, "sudo's environment must lack XDG_RUNTIME_DIR"
 
 
@@ -487,8 +512,9 @@ def test_a_scenario_folder_outside_the_project_verifies(workdir: Path, tmp_path:
     # bookworm-unified: the box of the systemctl scenario serves (same package set), no extra build
     record = up_verify_destroy(tmp_path, "e2e-scaffold", "--scenario", str(folder), "--target", "bookworm-unified")
     assert record["exit_code"] == 0 and record["ok"] is True
-    assert {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"]]} == {
+    assert {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"} == {
         "baseline": "in-admin-session", "ssh-login": "own-slice"}
+    assert same_matrix(record, record["teardown"])
     assert git_state() == before
 
 
@@ -503,7 +529,8 @@ def test_sudo_rootless_podman_scenario(workdir: Path, target: str) -> None:
     """podman 4.3 (Debian 12) and 5.4 (Debian 13) alike."""
     record = up_verify_destroy(workdir, f"e2e-podman-{target}", "--scenario", "sudo-rootless-podman",
                                "--target", target)
-    observed = {f["id"]: f["observed"] for f in [record["baseline"], *record["fixes"], record["baseline_restored"]]}
+    observed = {f["id"]: f["observed"] for f in record["tries"]}
     assert observed == PODMAN
     assert record["ok"] is True and record["exit_code"] == 0
-    assert "no systemd user session available" in record["baseline"]["signature_matched"][0]
+    assert same_matrix(record, record["teardown"])
+    assert "no systemd user session available" in record["tries"][0]["signature_matched"][0]

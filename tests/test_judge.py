@@ -66,15 +66,6 @@ def test_a_failure_without_its_signature_is_not_the_bug() -> None:
     assert found == ["Failed to setup cgroup limits"]
 
 
-def test_verdict_words_come_from_the_scenario() -> None:
-    row = {"id": "baseline", "expected": "failing", "observed": "failing", "ok": True}
-    assert judge.verdict_words(OUTCOMES, row) == "fails, as the bug predicts (reproduced)"
-    row = {"id": "cgm", "expected": "running", "observed": "unlimited", "ok": False, "reverted": True}
-    assert judge.verdict_words(OUTCOMES, row) == "runs without its memory limit, but expected: runs"
-    row = {"id": "pam-systemd", "expected": "failing", "observed": "failing", "ok": True}
-    assert judge.verdict_words(OUTCOMES, row) == "still fails, as measured for this target"
-
-
 def test_evidence_same_and_differ() -> None:
     admin = "0::/user.slice/user-1000.slice/session-3.scope\n"
     assert judge.evidence_holds("same", [admin, admin])

@@ -5,23 +5,23 @@ test_verify_runner (a failure at an exact step cannot be provoked on demand in a
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-from labtest import make_facts, make_settings
-from test_verify_runner import ScriptedRemote, use
+from labtest import make_settings
+from test_verify_runner import ScriptedRemote, ScriptedShell, verify
 
 from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.core.errors import LabError
+from lab.core.resources import SCAFFOLD_DIR
 from lab.render.lab import facts_for_render, render_all
 from lab.render.plan import plan, wrap
 from lab.run import engine, judge, vias
 
 ROOT = Path(__file__).resolve().parent.parent
-SCAFFOLD = ROOT / "templates" / "scaffold"
+SCAFFOLD = SCAFFOLD_DIR
 
 
 def scenario_dir(tmp_path: Path, edit: dict[str, str] | None = None, append: str = "",
@@ -143,15 +143,21 @@ def test_exit_is_judged_apart_from_the_outcome() -> None:
 
 
 def test_verdict_words_name_each_kind() -> None:
-    outcomes = {"bad": {"words": "fails", "failure": True}, "good": {"words": "runs"}}
-    row = {"id": "x", "expected": "bad", "observed": "bad", "ok": True}
-    assert judge.verdict_words(outcomes, {**row, "kind": "variant"}) == "fails, as the bug predicts (this way too)"
-    assert judge.verdict_words(outcomes, {**row, "kind": "fix"}) == "still fails, as measured for this target"
-    control = {"id": "c", "kind": "control", "expected": "good", "observed": "bad", "ok": False}
-    assert judge.verdict_words(outcomes, control) == "fails, but the control must show: runs"
-    assert "still" not in judge.verdict_words(outcomes, {**control, "expected": "bad", "ok": True})
-    waited = {"id": "w", "kind": "fix", "expected": "good", "observed": "good", "ok": False, "wait": "x: ran out"}
-    assert "a wait ran out" in judge.verdict_words(outcomes, waited)
+    from lab.run.record import RunRecord, ScenarioInfo, TryRecord
+    from lab.run.verdict import try_words
+
+    rec = RunRecord(run="r", name="n", target="bookworm", scenario=ScenarioInfo(id="s"),
+                    outcomes={"bad": {"words": "fails", "failure": True}, "good": {"words": "runs"}})
+
+    def words(**row: object) -> str:
+        return try_words(rec, TryRecord(**{"id": "x", "expected": "bad", "observed": "bad", "ok": True, **row}))
+
+    assert words(kind="variant") == "fails: this way of starting shows the bug too"
+    assert words(kind="fix") == "still fails, as measured for this target"
+    assert words(kind="control", expected="good", ok=False) == "fails, but the control must give: runs"
+    assert "still" not in words(kind="control")
+    assert "a wait ran out" in words(kind="fix", ok=False, wait="x: ran out")
+    assert "exited 1, not as the try says" in words(kind="fix", ok=False, exit_ok=False, exit_code=1)
 
 
 def test_signatures_match_observe_fields() -> None:
@@ -204,13 +210,20 @@ def test_toml_error_names_the_key(tmp_path: Path) -> None:
     assert len(problems) == 1 and "expect.bookworm: 'expect' already has a value (line" in str(problems[0])
 
 
-def test_the_runner_waits_judges_exit_and_records_the_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def scripted(monkeypatch: pytest.MonkeyPatch, remote: ScriptedRemote) -> None:
+    """Shells and SSH logins answered by the scripted connection of test_verify_runner."""
+    monkeypatch.setattr(engine, "Shell",
+                        lambda source, as_root, user, label, liveness=None: ScriptedShell(remote, as_root))
+    monkeypatch.setattr(engine.Runner, "_login_as",
+                        lambda self, user, command, step, timeout=None: remote.run(command, step=step))
+
+
+@pytest.mark.parametrize("isolation", ["snapshot", "teardown"])
+def test_the_runner_waits_judges_exit_and_records_the_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           isolation: str) -> None:
     """A control whose wait runs out: the outcome is as expected, but the try is unmet and the record
     says what the wait last saw; the kinds are recorded."""
     from lab.core import paths
-    from lab.core.files import write_files
-    from lab.machine import lifecycle, state
-    from lab.machine.state import Phase
 
     folder = scenario_dir(tmp_path, append='''
 [[controls]]
@@ -223,22 +236,16 @@ wait = { command = "echo busy", until = "^idle$", seconds = 0.3, every = 0.1 }
 ''')
     monkeypatch.chdir(tmp_path)
     s = make_settings(tmp_path, target="bookworm", scenario=str(folder))
-    lab = paths.lab_dir(s.name)
-    write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
-    state.advance(lab, Phase.PROVISIONED, "up")
-    monkeypatch.setattr(lifecycle, "require_running", lambda settings: None)
     remote = ScriptedRemote(answers={"ctl:wait-1": (0, "busy\n"), "baseline:start": (1, "")})
-    use(monkeypatch, remote)
-    monkeypatch.setattr(engine.Runner, "_login_as",
-                        lambda self, user, command, step, timeout=None: remote.run(command, step=step))
-    assert engine.run(s, only=("ctl",)) is False
-    record = json.loads(next(lab.reports.glob("*/verify.json")).read_text())
-    ctl = record["fixes"][0]
-    assert ctl["kind"] == "control" and record["baseline"]["kind"] == "baseline"
-    assert ctl["observed"] == "own-slice" and ctl["ok"] is False
-    assert "ran out; last seen: 'busy'" in ctl["wait"]
-    assert [c for c in remote.calls if c.startswith("ctl:wait")] == ["ctl:wait-1"] * remote.calls.count("ctl:wait-1")
+    scripted(monkeypatch, remote)
+    rec = verify(s, paths.lab_dir(s.name), remote, isolation=isolation, only=("ctl",))
+    ctl = rec.try_("ctl")
+    assert ctl is not None and ctl.kind == "control" and rec.try_("baseline").kind == "baseline"
+    assert ctl.observed == "own-slice" and ctl.ok is False
+    assert "ran out; last seen: 'busy'" in ctl.wait
     assert remote.calls.count("ctl:wait-1") >= 2, "the wait polls until its time runs out"
+    from lab.run.verdict import try_words
+    assert "a wait ran out" in try_words(rec, ctl)
 
 
 def test_a_templated_user_that_is_no_user_is_refused_when_rendered(tmp_path: Path) -> None:
@@ -254,16 +261,10 @@ def test_a_degraded_manager_still_counts_as_reached(tmp_path: Path, monkeypatch:
     exits 1 when a user unit failed; the manager was reached all the same. With exit apart from the
     outcome the try is met; the failing tries still must exit non-zero."""
     from lab.core import paths
-    from lab.core.files import write_files
-    from lab.machine import lifecycle, state
-    from lab.machine.state import Phase
+    from lab.run.verdict import verdict
 
     monkeypatch.chdir(tmp_path)
     s = make_settings(tmp_path, target="bookworm-unified", scenario="sudo-systemctl-user")
-    lab = paths.lab_dir(s.name)
-    write_files(lab.root, {"facts.json": json.dumps(make_facts().__dict__)})
-    state.advance(lab, Phase.PROVISIONED, "up")
-    monkeypatch.setattr(lifecycle, "require_running", lambda settings: None)
     no_bus = (1, "Failed to connect to bus: No medium found\n")
     remote = ScriptedRemote(answers={
         "evidence-1-1": (0, "XDG_RUNTIME_DIR=/run/user/1001\n1001\n"),
@@ -271,12 +272,9 @@ def test_a_degraded_manager_still_counts_as_reached(tmp_path: Path, monkeypatch:
         "baseline:start": no_bus, "su:start": no_bus, "su-login:start": no_bus, "baseline-restored:start": no_bus,
         "xdg-env:start": (1, "degraded\n"), "machine-flag:start": (0, "running\n"),
         "machinectl:start": (0, "\x00running\r\n"), "ssh-login:start": (0, "running\n")})
-    use(monkeypatch, remote)
-    monkeypatch.setattr(engine.Runner, "_login_as",
-                        lambda self, user, command, step, timeout=None: remote.run(command, step=step))
-    assert engine.run(s) is True
-    record = json.loads((lab.reports / "latest" / "verify.json").read_text())
-    tries = {t["id"]: t for t in record["fixes"]}
-    assert tries["xdg-env"]["observed"] == "works" and tries["xdg-env"]["ok"] is True
-    assert tries["xdg-env"]["exit_code"] == 1
-    assert {t["id"]: t["kind"] for t in record["fixes"]}["su"] == "variant"
+    scripted(monkeypatch, remote)
+    rec = verify(s, paths.lab_dir(s.name), remote, isolation="snapshot")
+    assert verdict(rec).ok is True
+    xdg = rec.try_("xdg-env")
+    assert xdg is not None and xdg.observed == "works" and xdg.ok is True and xdg.exit_code == 1
+    assert rec.try_("su").kind == "variant"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["core", "config", "host", "render", "images", "remote", "machine", "run", "report"]
+ORDER = ["core", "config", "host", "render", "images", "remote", "machine", "run", "report", "cli"]
 
 
 def modules() -> dict[str, Path]:

@@ -18,7 +18,7 @@ RECORD = json.loads((Path(__file__).parent / "fixtures" / "verify-bookworm.json"
 
 
 def cell_from(record: dict, target: str, ok: bool = True) -> dict:
-    tries = [record["baseline"], *record["fixes"], record["baseline_restored"]]
+    tries = record["tries"]
     return {"target": target, "title": target, "name": f"x-{target}", "status": "ran", "ok": ok, "why": "",
             "seconds": {"up": 80.0, "verify": 30.0, "destroy": 4.0, "total": 114.0},
             "tries": {t["id"]: {"expected": t["expected"], "observed": t["observed"], "ok": t["ok"]} for t in tries}}

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lab.config import scenario as sc
+from lab.core.resources import SCAFFOLD_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-SCAFFOLD = ROOT / "templates" / "scaffold"
+SCAFFOLD = SCAFFOLD_DIR
 
 
 def invoke(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,12 +17,12 @@ import pytest
 
 from lab.config import settings
 from lab.core.files import write_files
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import packer_file
 from lab.render.lab import LabFacts, render_all
 from lab.render.plan import plan
 
-PACKER_TEMPLATE = PROJECT_DIR / "packer" / "trusty.pkr.hcl"
-PRESEED = PROJECT_DIR / "packer" / "http" / "trusty-preseed.cfg"
+PACKER_TEMPLATE = packer_file("trusty.pkr.hcl")
+PRESEED = packer_file("http") / "trusty-preseed.cfg"
 SEED_PACKAGES = ["lxc", "lxc-templates", "uidmap", "libpam-cgm", "cgmanager"]
 DEFAULT_PPA = "http://ppa.launchpad.net/ubuntu-lxc/lxc-stable/ubuntu"
 ISO_SHA256 = "b17d7c1e9d0321ad5810ba77b69aef43f0f29a5422b08120e6ee0576c4527c0e"

@@ -16,7 +16,7 @@ import pytest
 from labtest import make_facts, make_settings
 
 from lab.core.files import write_files
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import packer_file
 from lab.images import build
 from lab.images.common import vagrant_insecure_keys
 from lab.render.lab import render_all
@@ -93,7 +93,7 @@ def test_shellcheck_build_scripts(tmp_path: Path) -> None:
 
 
 def packer_validate(var_file: Path) -> subprocess.CompletedProcess[str]:
-    template = str(PROJECT_DIR / "packer" / "debian.pkr.hcl")
+    template = str(packer_file("debian.pkr.hcl"))
     return subprocess.run(["packer", "validate", "-var-file", str(var_file), template],
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "CHECKPOINT_DISABLE": "1"})

@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 from lab.config.scenario import ID, SCENARIO_FILE
+from lab.core import console
 from lab.core.errors import LabError
-from lab.core.paths import PROJECT_DIR
-
-SCAFFOLD_DIR = PROJECT_DIR / "templates" / "scaffold"
+from lab.core.resources import SCAFFOLD_DIR
 
 
 def scenario_id(folder: Path) -> str:
@@ -33,6 +32,7 @@ def scaffold(folder: Path) -> tuple[Path, str]:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(SCAFFOLD_DIR, tmp)
     toml = tmp / SCENARIO_FILE
-    toml.write_text(toml.read_text(encoding="utf-8").replace("SCENARIO_ID", sid, 1), encoding="utf-8")
+    text = toml.read_text(encoding="utf-8").replace("SCENARIO_ID", sid, 1)
+    toml.write_text(console.as_typed(text), encoding="utf-8")  # its comments name the tasks as the user types them
     tmp.rename(folder)
     return folder.resolve(), sid

@@ -25,9 +25,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from lab.config import vias
 from lab.config.targets import all_targets
 from lab.core.errors import LabError, did_you_mean
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import SCENARIOS_DIR
 
-SCENARIOS_DIR = PROJECT_DIR / "scenarios"
 SCENARIO_FILE = "scenario.toml"
 DEFAULT_SCENARIO = "sudo-lxc-cgroups"
 
@@ -260,6 +259,8 @@ class ScenarioModel(Strict):
     provision: list[Provision] = []
     evidence: per_target_of(list[Evidence], EVIDENCE_KEYS) = []  # type: ignore[valid-type]
     teardown: str = ""
+    # how tries are kept apart: every try from the baseline snapshot, or the teardown between tries
+    isolation: Literal["snapshot", "teardown"] = "snapshot"
     outcomes: dict[str, OutcomeDef] = Field(min_length=1)
     observe: Observe
     baseline: Baseline

@@ -8,6 +8,7 @@ shows only its steps, labelled, on the terminal (redirected()).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +19,40 @@ from typing import Any, cast
 from rich.console import Console
 from rich.markup import escape
 
-_main = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# The tasks, as messages and hints name them: `invoke lab.up` in a checkout. An installed command
+# (lab.cli: `cgroup-lab up`) calls speak_as() first, and every line printed names its tasks its way.
+TASKS = ("render", "doctor", "build", "up", "verify", "reset", "bench", "status", "ssh", "destroy", "report",
+         "scenarios", "check", "new", "matrix", "list")
+_TASK = "(?:" + "|".join(TASKS) + ")"
+_TASK_NAME = re.compile(rf"(?<![\w./-])lab\.({_TASK})\b(?![\w.-])")  # lab.verify, not lab.toml or .lab/x
+_INVOKE_LINE = re.compile(r"\binvoke ([^\n;,()]*)")  # one command line: invoke lab.up --target T lab.verify
+_program = "invoke"
+
+
+def speak_as(program: str) -> None:
+    """From now on, messages name tasks as `program TASK` (e.g. cgroup-lab up) instead of invoke lab.TASK."""
+    global _program
+    _program = program
+
+
+def as_typed(text: str) -> str:
+    """text with `invoke lab.X lab.Y` and `lab.X` as the user types them with the program in use
+    (unchanged under invoke)."""
+    if _program == "invoke":
+        return text
+    text = _INVOKE_LINE.sub(lambda m: _program + " " + _TASK_NAME.sub(r"\1", m.group(1)), text)
+    return _TASK_NAME.sub(lambda m: f"{_program} {m.group(1)}", text)
+
+
+class _AsTyped(Console):
+    """A Console whose printed strings name the tasks as typed (as_typed)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(as_typed(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+_main = _AsTyped(highlight=False)
+err_console = _AsTyped(stderr=True, highlight=False)
 _local = threading.local()
 
 
@@ -43,7 +76,7 @@ def redirected(log: Path, label: str) -> Iterator[None]:
     and heartbeat lines go to the terminal prefixed with [label]; errors go to both."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as fh:
-        _local.console = Console(file=fh, highlight=False, width=120, force_terminal=False, no_color=True)
+        _local.console = _AsTyped(file=fh, highlight=False, width=120, force_terminal=False, no_color=True)
         _local.label = label
         try:
             yield

@@ -1,4 +1,5 @@
-"""Where state lives: .lab/<name>/ per lab in the checkout, boxes in an XDG cache directory."""
+"""Where state lives: .lab/<name>/ per lab in the directory the command runs in, boxes in an XDG cache
+directory. (The project's own files, scenarios and templates, are found by lab.core.resources.)"""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from lab.core.files import write_files
 
 LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")  # also a libvirt domain name, a hostname label
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 STATE_ROOT_NAME = ".lab"
 CURRENT = "current"
 
 
 def state_root(project_dir: Path | None = None) -> Path:
-    """.lab/ of the checkout (the current directory unless project_dir is given)."""
+    """.lab/ of the directory the command runs in (the current directory unless project_dir is given)."""
     return (project_dir or Path.cwd()) / STATE_ROOT_NAME
 
 
@@ -91,7 +91,7 @@ def current_name(project_dir: Path | None = None) -> str:
     try:
         name = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise LabError("no lab has been brought up in this checkout", hint="run: invoke lab.up") from None
+        raise LabError("no lab has been brought up in this directory", hint="run: invoke lab.up") from None
     if not LAB_NAME.match(name):
         raise LabError(f"{path} names no valid lab ({name!r})", hint="delete it and run: invoke lab.up")
     return name

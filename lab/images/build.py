@@ -23,7 +23,8 @@ from lab.config.targets import Target
 from lab.core import console
 from lab.core.errors import LabError, TestbedError
 from lab.core.files import write_files
-from lab.core.paths import PROJECT_DIR, cache_dir
+from lab.core.paths import cache_dir
+from lab.core.resources import packer_file
 from lab.host import accel, proc, tools
 from lab.host.probes import url_answers
 from lab.images.common import free_port, vagrant_insecure_keys
@@ -71,9 +72,9 @@ def build_inputs(settings: Settings) -> dict[str, str]:
     share a box, and so do scenarios whose packages and provisioning are the same."""
     target = settings.target_data
     if target.box_builder != "mmdebstrap":
-        packer_file = PROJECT_DIR / "packer" / f"{target.family}.pkr.hcl"
+        template = packer_file(f"{target.family}.pkr.hcl")
         return {"recipe": RECIPE_VERSION, "target": target.name,
-                "packer": packer_file.read_text(encoding="utf-8") if packer_file.exists() else ""}
+                "packer": template.read_text(encoding="utf-8") if template.exists() else ""}
     _, public = vagrant_insecure_keys()
     ctx = {"t": target, "s": settings, "root_uuid": root_uuid(target), "vagrant_pub": public.read_text().strip()}
     return {
@@ -86,7 +87,7 @@ def build_inputs(settings: Settings) -> dict[str, str]:
         "box_script": _template("packer/debian-box.sh.j2", **ctx),
         "seal_script": _template("packer/debian-seal.sh.j2", **ctx),
         "provision": "".join(f"# {name}\n{text}" for name, text in box_provision_scripts(settings).items()),
-        "packer": (PROJECT_DIR / "packer" / "debian.pkr.hcl").read_text(encoding="utf-8"),
+        "packer": packer_file("debian.pkr.hcl").read_text(encoding="utf-8"),
     }
 
 
@@ -225,7 +226,7 @@ def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
     with console.step(f"packer build ({variables['accelerator']}): boot, install GRUB, {what}package the libvirt box",
                       "the VM to boot, SSH, provisioning and packaging (~1-3 min on TCG)", verbose) as out:
         proc.run(["packer", "build", "-color=false", "-var-file", str(var_file),
-                  str(PROJECT_DIR / "packer" / "debian.pkr.hcl")],
+                  str(packer_file("debian.pkr.hcl"))],
                  step="packer build", timeout=timeout, waiting_for="packer", env=env, cwd=work, on_line=out)
     if not box_out.is_file():
         raise TestbedError(f"packer finished but wrote no box at {box_out}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lab.config.settings import Settings
 from lab.core import console
-from lab.core.paths import PROJECT_DIR
+from lab.core.resources import packer_file
 from lab.host import accel, proc
 from lab.host.providers import resolve_provider
 from lab.images.common import free_port, vagrant_insecure_keys
@@ -38,7 +38,7 @@ def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
     box = work / f"trusty-{provider}.box"
     variables = {"scripts": scripts, "iso_url": settings.iso_url,
                  "qemu_accelerator": accel.packer_accelerator(), "cpus": settings.cpus,
-                 "memory": settings.memory, "http_directory": str(PROJECT_DIR / "packer" / "http"),
+                 "memory": settings.memory, "http_directory": str(packer_file("http")),
                  "ssh_port": free_port(), "vagrant_public_key": public.read_text().strip(),
                  "output_directory": str(work / "packer-out"), "output": str(box)}
     var_file = work / "vars.json"
@@ -48,6 +48,6 @@ def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
                       "the ISO download, the unattended install and the kernel stage (tens of minutes)",
                       verbose) as out:
         proc.run(["packer", "build", "-color=false", f"-only={packer_source(provider)}", "-var-file", str(var_file),
-                  str(PROJECT_DIR / "packer" / "trusty.pkr.hcl")], step="packer build", timeout=settings.build_timeout,
+                  str(packer_file("trusty.pkr.hcl"))], step="packer build", timeout=settings.build_timeout,
                  waiting_for="packer", env=env, cwd=work, on_line=out)
     return box

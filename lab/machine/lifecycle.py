@@ -400,13 +400,14 @@ def reset(settings: Settings) -> float:
         with console.step("SSH as the admin after the revert; the baseline's fingerprint", "sshd in the guest"), \
                 connect(settings) as remote:
             now = remote.run(FINGERPRINT, step="baseline fingerprint").stdout.strip()
-        _prove_baseline(lab, now)
+        prove_baseline(lab, now)
         state.advance(lab, Phase.PROVISIONED, "reset")
         return time.monotonic() - started
 
 
-def _prove_baseline(lab: paths.LabDir, now: str) -> None:
-    """The reverted guest must carry the fingerprint taken with the snapshot; else it is no baseline."""
+def prove_baseline(lab: paths.LabDir, now: str) -> None:
+    """The reverted guest must carry the fingerprint taken with the snapshot (`now`: the FINGERPRINT
+    command's output); else TestbedError: it is no baseline."""
     try:
         want = (lab.root / "baseline.fingerprint").read_text().strip()
     except FileNotFoundError:

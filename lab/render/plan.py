@@ -114,6 +114,7 @@ class Plan:
     outcomes: dict[str, dict[str, Any]]
     baseline: PlannedTry
     fixes: tuple[PlannedTry, ...] = field(default=())
+    isolation: str = "snapshot"  # the scenario's: "snapshot" or "teardown"
 
     def fix(self, fix_id: str) -> PlannedTry:
         """The planned fix; LabError with a did-you-mean when the scenario has none of that id here."""
@@ -307,4 +308,5 @@ def plan(settings: Settings, facts: LabFacts) -> Plan:
         outcomes={name: {**o.model_dump(), "words": r.text(o.words, f"outcomes.{name}.words")}
                   for name, o in m.outcomes.items()},
         baseline=r.attempt(m.baseline, "baseline", "baseline", m.baseline, "baseline"), fixes=tuple(fixes),
+        isolation=m.isolation,
     )

@@ -15,10 +15,7 @@ from typing import Any
 import jinja2
 
 from lab.core.errors import LabError
-from lab.core.paths import PROJECT_DIR
-
-TEMPLATES_DIR = PROJECT_DIR / "templates"
-LIB_DIR = TEMPLATES_DIR / "lib"  # snippets a scenario's templates import as "lab/NAME" (e.g. lab/linger.sh.j2)
+from lab.core.resources import LIB_DIR, TEMPLATES_DIR, VAGRANTFILE_TEMPLATE
 
 
 def sh(value: object) -> str:
@@ -66,8 +63,8 @@ def _environment(paths: tuple[str, ...], library: bool = False, shared: str = ""
 
 @cache
 def environment() -> jinja2.Environment:
-    """The engine's templates: templates/ and the project root (Vagrantfile.j2)."""
-    return _environment((str(TEMPLATES_DIR), str(PROJECT_DIR)))
+    """The engine's templates: templates/ and Vagrantfile.j2 (lab.core.resources)."""
+    return _environment((str(TEMPLATES_DIR), str(VAGRANTFILE_TEMPLATE.parent)))
 
 
 @cache

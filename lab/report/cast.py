@@ -10,7 +10,9 @@ import calendar
 import json
 import time
 
-from lab.report.rows import fix_rows, is_plumbing, output_lines, redacted, verdict
+from lab.report.rows import output_lines, redacted_record
+from lab.run.record import RunRecord, TryRecord, coerce
+from lab.run.verdict import try_words, verdict
 
 WIDTH, HEIGHT = 100, 30
 TYPING_SECONDS = 0.3
@@ -25,12 +27,12 @@ def timestamp(started_at: str) -> int | None:
         return None
 
 
-def header(record: dict) -> dict:
+def header(rec: RunRecord) -> dict:
     head: dict = {"version": 2, "width": WIDTH, "height": HEIGHT}
-    stamp = timestamp(record.get("started_at", ""))
+    stamp = timestamp(rec.started_at)
     if stamp is not None:
         head["timestamp"] = stamp
-    head["title"] = f"cgroup lab: {record.get('title', '')} on {record.get('target', '')}"
+    head["title"] = f"cgroup lab: {rec.title} on {rec.target}"
     head["env"] = {"TERM": "xterm-256color", "SHELL": "/bin/bash"}
     return head
 
@@ -61,42 +63,41 @@ class Recorder:
         self.emit(at + len(chunks) * pace, "\r\n")
 
 
-def section_of(step_id: str, rows: list[dict]) -> dict | None:
-    return next((row for row in rows if step_id.startswith(f"{row['id']}:")), None)
+def section_of(step_id: str, rows: list[TryRecord]) -> TryRecord | None:
+    return next((row for row in rows if step_id.startswith(f"{row.id}:")), None)
 
 
-def close(rec: Recorder, record: dict, row: dict | None, at: float) -> None:
+def close(rec: Recorder, record: RunRecord, row: TryRecord | None, at: float) -> None:
     if row:
-        rec.comment(at, f"{'✓' if row.get('ok') else '✗'} {row['id']}: {verdict(record, row)}")
+        rec.comment(at, f"{'✓' if row.ok else '✗'} {row.id}: {try_words(record, row)}")
 
 
-def render(record: dict) -> str:
-    record = redacted(record)
-    rows = fix_rows(record)
+def render(record: RunRecord | dict) -> str:
+    """verify.cast (asciicast v2) of a run's record."""
+    record = coerce(record)
+    record = redacted_record(record)
+    rows = record.tries
     rec = Recorder()
-    current: dict | None = None
+    current: TryRecord | None = None
     ended = 0.0
-    for step in record.get("steps", []):
-        start, took = float(step.get("started", ended)), float(step.get("seconds", 0))
-        row = section_of(step["id"], rows)
+    for step in record.steps:
+        start, took = step.started or ended, step.seconds
+        row = section_of(step.id, rows)
         if row is not current:
             close(rec, record, current, ended)
             current = row
             if row:
-                rec.comment(start, f"{row['id']}: {row.get('title', '')} (expected: {row.get('expected', '')})")
+                rec.comment(start, f"{row.id}: {row.title} (expected: {row.expected})")
         ended = start + took
-        if is_plumbing(step["id"]):
+        if step.plumbing:
             continue
-        for ev in record.get("evidence") or []:
-            if ev.get("steps") and step["id"] == ev["steps"][0]:
-                rec.comment(start, f"evidence: {ev.get('title', '')}")
-        rec.typed(start, step.get("user", ""), step.get("command", ""), took)
+        for ev in record.evidence:
+            if ev.steps and step.id == ev.steps[0]:
+                rec.comment(start, f"evidence: {ev.title}")
+        rec.typed(start, step.user, step.command, took)
         lines = output_lines(step)
         if lines:
             rec.emit(ended, "\r\n".join(lines) + "\r\n")
     close(rec, record, current, ended)
-    head = "✓ every step met its expectation" if record.get("ok") else "✗ some step did not meet its expectation"
-    if record.get("stopped"):
-        head = f"■ stopped by the presenter after {record['stopped']}; baseline restored"
-    rec.comment(float(record.get("seconds", ended)), f"{head} ({record.get('seconds', 0):.1f}s)")
+    rec.comment(record.seconds or ended, f"{verdict(record).headline} ({record.seconds:.1f}s)")
     return "\n".join([json.dumps(header(record), ensure_ascii=False), *rec.lines]) + "\n"

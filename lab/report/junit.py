@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from lab.report.rows import fix_rows, is_plumbing, redacted, steps_of, story_steps, verdict
+from lab.report.rows import redacted_record
+from lab.run.record import RunRecord, StepRecord, TryRecord, coerce
+from lab.run.verdict import try_words, verdict
 
 SUITE = "cgroup-lab"
 # Characters XML 1.0 cannot carry at all (ANSI escapes, NULs...): shown as \xNN instead.
@@ -32,81 +34,105 @@ def child(parent: ET.Element, tag: str, text: str = "", **attrs: str) -> ET.Elem
     return element
 
 
-def step_case(suite: ET.Element, classname: str, step: dict) -> bool:
+def step_case(suite: ET.Element, classname: str, step: StepRecord) -> bool:
     """One testcase for a step; True when it passed."""
-    case = child(suite, "testcase", name=step["id"], classname=classname,
-                 time=seconds(step.get("seconds", 0)))
-    ok = bool(step.get("ok"))
-    if not ok:
-        expected = "fail (non-zero exit)" if step.get("expected") == "fail" else "succeed (exit 0)"
-        message = f"expected to {expected}; exited {step.get('exit_code')}"
-        child(case, "failure", f"{step['user']}$ {step['command']}\nexpected: {expected}\n"
-              f"observed: exit {step.get('exit_code')}\n{step.get('note', '')}".rstrip(),
-              message=message, type="StepNotAsExpected")
-    prompt = f"# {step.get('title', '')}\n{step['user']}$ {step['command']}\n"
-    child(case, "system-out", prompt + step.get("stdout", "") + step.get("stderr", ""))
-    return ok
+    case = child(suite, "testcase", name=step.id, classname=classname, time=seconds(step.seconds))
+    if not step.ok:
+        expected = {"fail": "fail (non-zero exit)", "any": "end (any exit status)"}.get(step.expected,
+                                                                                       "succeed (exit 0)")
+        message = f"expected to {expected}; exited {step.exit_code}"
+        child(case, "failure", f"{step.user}$ {step.command}\nexpected: {expected}\n"
+              f"observed: exit {step.exit_code}\n{step.note}".rstrip(), message=message, type="StepNotAsExpected")
+    prompt = f"# {step.title}\n{step.user}$ {step.command}\n"
+    child(case, "system-out", prompt + step.stdout + step.stderr)
+    return step.ok
 
 
-def fix_case(suite: ET.Element, classname: str, record: dict, row: dict, steps: list[dict]) -> bool:
-    case = child(suite, "testcase", name=row["id"], classname=classname,
-                 time=seconds(sum(s.get("seconds", 0) for s in steps)))
-    ok = bool(row.get("ok"))
-    facts = [f"expected: {row.get('expected', '')}", f"observed: {row.get('observed', '')}",
-             f"verdict: {verdict(record, row)}", f"reverted: {'yes' if row.get('reverted') else 'no'}"]
-    facts += [f"signature seen: {s}" for s in row.get("signature_matched", [])]
-    facts += [f"observed {k}: {v}" for k, v in (row.get("fields") or {}).items()]
-    if not ok:
-        child(case, "failure", "\n".join(facts), type="FixOutcomeNotAsExpected",
-              message=f"expected {row.get('expected', '')}, observed {row.get('observed', '')}: {verdict(record, row)}")
-    child(case, "system-out", "\n".join([row.get("title", ""), row.get("why", ""), *facts, "steps: " + ", ".join(
-        f"{s['id']} ({'ok' if s.get('ok') else 'NOT ok'})" for s in steps)]).strip())
-    return ok
+def try_case(suite: ET.Element, classname: str, rec: RunRecord, row: TryRecord, steps: list[StepRecord],
+             leak: str) -> tuple[bool, bool]:
+    """One testcase for a try: (passed, errored). A try that broke off is an error, not a failure."""
+    case = child(suite, "testcase", name=row.id, classname=f"{classname}.{row.kind}",
+                 time=seconds(sum(s.seconds for s in steps)))
+    words = try_words(rec, row)
+    facts = [f"kind: {row.kind}", f"expected: {row.expected}", f"observed: {row.observed}", f"verdict: {words}",
+             f"isolation: {rec.isolation}"]
+    if row.reverted is not None:
+        facts.append(f"reverted: {'yes' if row.reverted else 'no'}")
+    facts += [f"signature seen: {s}" for s in row.signature_matched]
+    facts += [f"observed {k}: {v}" for k, v in row.fields.items()]
+    if leak and row.kind == "restored":
+        facts.append(f"leak: {leak}")
+    errored = row.error is not None and not row.ok
+    if errored:
+        child(case, "error", "\n".join(facts), type="TryBrokeOff", message=row.error or "")
+    elif not row.ok:
+        message = f"expected {row.expected}, observed {row.observed}: {words}"
+        if leak and row.kind == "restored":
+            message += f" ({leak})"
+        child(case, "failure", "\n".join(facts), type="TryNotAsExpected", message=message)
+    child(case, "system-out", "\n".join([row.title, row.why, *facts, "steps: " + ", ".join(
+        f"{s.id} ({'ok' if s.ok else 'NOT ok'})" for s in steps)]).strip())
+    return row.ok, errored
 
 
-def run_case(suite: ET.Element, classname: str, record: dict) -> tuple[int, int]:
-    """A testcase for a run that ended early: (errors, skipped)."""
-    if record.get("error"):
+def run_case(suite: ET.Element, classname: str, rec: RunRecord) -> tuple[int, int]:
+    """Testcases for a run that ended early: (errors, skipped)."""
+    v = verdict(rec)
+    if rec.error:
         case = child(suite, "testcase", name="run", classname=classname, time=seconds(0))
-        child(case, "error", record["error"], message=record["error"], type="LabError")
+        child(case, "error", rec.error, message=rec.error, type="LabError")
         return 1, 0
-    if record.get("stopped"):
-        fixes = classname.rsplit(".", 1)[0] + ".fixes"
-        for name in record.get("not_run") or ["run"]:
+    if rec.stopped or rec.kept_failing:
+        fixes = classname.rsplit(".", 1)[0] + ".tries"
+        why = (f"stopped by the presenter after {rec.stopped}" if rec.stopped
+               else f"the run kept {rec.kept_failing} as it failed")
+        for name in v.not_run or ("run",):
             case = child(suite, "testcase", name=name, classname=fixes, time=seconds(0))
-            child(case, "skipped", message=f"not run: stopped by the presenter after {record['stopped']}")
-        return 0, len(record.get("not_run") or ["run"])
+            child(case, "skipped", message=f"not run: {why}")
+        return 0, len(v.not_run or ("run",))
     return 0, 0
 
 
-def properties(suite: ET.Element, record: dict) -> None:
+def properties(suite: ET.Element, rec: RunRecord) -> None:
     props = child(suite, "properties")
-    for key in ("name", "target", "provider", "title", "cgroup_layout", "admin_user", "started_at", "run"):
-        if record.get(key) is not None:
-            child(props, "property", name=key, value=str(record[key]))
-    child(props, "property", name="scenario", value=str((record.get("scenario") or {}).get("id", "")))
-    text = (record.get("versions") or {}).get("text", "")
-    if text:
-        child(props, "property", name="versions", value=" | ".join(text.splitlines()))
-    for i, ev in enumerate(record.get("evidence") or [], start=1):
-        child(props, "property", name=f"evidence-{i}-holds", value=str(bool(ev.get("holds"))).lower())
+    for key in ("name", "target", "provider", "title", "cgroup_layout", "admin_user", "started_at", "run",
+                "isolation"):
+        value = getattr(rec, key)
+        if value:
+            child(props, "property", name=key, value=str(value))
+    child(props, "property", name="scenario", value=rec.scenario.id)
+    if rec.versions:
+        child(props, "property", name="versions", value=" | ".join(rec.versions.splitlines()))
+    for i, ev in enumerate(rec.evidence, start=1):
+        child(props, "property", name=f"evidence-{i}-holds", value=str(ev.holds).lower())
+    leak = verdict(rec).leak
+    if leak is not None:
+        child(props, "property", name="leak", value=leak.sentence(rec.outcomes))
 
 
-def render(record: dict) -> str:
-    record = redacted(record)
-    name = f"{SUITE}.{(record.get('scenario') or {}).get('id', 'scenario')}.{record.get('target', 'unknown')}"
-    total = seconds(record.get("seconds", 0))
+def render(rec: RunRecord | dict) -> str:
+    """junit.xml of a run's record."""
+    rec = coerce(rec)
+    rec = redacted_record(rec)
+    v = verdict(rec)
+    leak = v.leak.sentence(rec.outcomes) if v.leak else ""
+    name = f"{SUITE}.{rec.scenario.id or 'scenario'}.{rec.target or 'unknown'}"
     root = ET.Element("testsuites", name=SUITE)
-    suite = child(root, "testsuite", name=name, timestamp=record.get("started_at", "").removesuffix("Z"))
-    properties(suite, record)
-    results = [step_case(suite, f"{name}.steps", s) for s in story_steps(record)]
-    results += [fix_case(suite, f"{name}.fixes", record, row, steps_of(record, row["id"])) for row in fix_rows(record)]
-    errors, skipped = run_case(suite, f"{name}.run", record)
-    # plumbing is not a test of its own, but a failed reset/stop/preflight must not leave CI green
-    results += [step_case(suite, f"{name}.plumbing", s) for s in record.get("steps", [])
-                if is_plumbing(s["id"]) and not s.get("ok")]
-    counts = {"tests": str(len(results) + errors + skipped), "failures": str(results.count(False)),
-              "errors": str(errors), "skipped": str(skipped), "time": total}
+    suite = child(root, "testsuite", name=name, timestamp=rec.started_at.removesuffix("Z"))
+    properties(suite, rec)
+    results = [step_case(suite, f"{name}.steps", s) for s in rec.story_steps]
+    try_errors = 0
+    for row in rec.tries:
+        ok, errored = try_case(suite, f"{name}.tries", rec, row, rec.steps_of(row.id), leak)
+        if errored:
+            try_errors += 1
+        else:
+            results.append(ok)
+    errors, skipped = run_case(suite, f"{name}.run", rec)
+    # plumbing is not a test of its own, but a failed teardown/observe/preflight must not leave CI green
+    results += [step_case(suite, f"{name}.plumbing", s) for s in rec.steps if s.plumbing and not s.ok]
+    counts = {"tests": str(len(results) + errors + try_errors + skipped), "failures": str(results.count(False)),
+              "errors": str(errors + try_errors), "skipped": str(skipped), "time": seconds(rec.seconds)}
     for element in (root, suite):
         element.attrib.update(counts)
     ET.indent(root)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from html import escape
 from pathlib import Path
 
 from lab.core.files import write_files
@@ -96,50 +95,14 @@ def render_junit(rec: dict) -> str:
 
 
 def render_html(rec: dict) -> str:
-    """A matrix record (matrix.json as a dict) -> one page: fixes down, targets across, each cell the
-    observed outcome coloured by whether it matched; a target not run says why. Nothing to fetch."""
+    """A matrix record (matrix.json as a dict) -> one page (templates/matrix.html.j2): fixes down,
+    targets across, each cell the observed outcome coloured by whether it matched; a target not run
+    says why. Nothing to fetch."""
     rec = redacted(rec)
-    targets = rec.get("targets", [])
-    head = "".join(f"<th>{escape(c['target'])}<br><span class=\"meta\">{escape(c.get('title', ''))}</span></th>"
-                   for c in targets)
-    body = []
-    for tid in rows(rec):
-        cells = []
-        for c in targets:
-            t = c.get("tries", {}).get(tid)
-            state = "not-run" if c["status"] == "not run" or t is None else ("ok" if t["ok"] else "not-ok")
-            cells.append(f'<td class="cell {state}" data-target="{escape(c["target"])}">'
-                         f"{escape(cell_text(c, tid))}</td>")
-        body.append(f"<tr><th>{escape(tid)}</th>{''.join(cells)}</tr>")
-    summary = []
-    for c in targets:
-        sec = c.get("seconds", {})
-        what = {"ran": "as expected" if c["ok"] else "NOT as expected", "error": f"error: {c.get('why', '')}",
-                "not run": f"not run: {c.get('why', '')}"}[c["status"]]
-        report = c.get("run_dir", "")
-        linked = f' — <a href="{escape("file://" + report + "/report.html")}">report</a>' if report else ""
-        summary.append(f"<li><code>{escape(c['target'])}</code>: {escape(what)}; on {escape(host_of(c))}; "
-                       f"up {sec.get('up', 0):.0f} s, "
-                       f"verify {sec.get('verify', 0):.0f} s, total {sec.get('total', 0):.0f} s{linked}</li>")
-    notes = [f"<li><code>{escape(t)}</code>: {escape(n)}</li>" for t, n in rec["scenario"].get("notes", {}).items()
-             if n]
-    ok = rec.get("ok")
-    verdict = "every cell that ran met its expectation" if ok else "some cell did not meet its expectation"
-    page = [
-        f"<h1>cgroup lab matrix: {escape(rec['scenario']['title'])}</h1>",
-        f"<p class=\"meta\">scenario <code>{escape(rec['scenario']['id'])}</code>, run {escape(rec.get('run', ''))} "
-        f"started {escape(rec.get('started_at', ''))}, {rec.get('seconds', 0):.0f} s in all</p>",
-        f'<div class="verdict {"ok" if ok else "not-ok"}">{"✓" if ok else "✗"} {escape(verdict)}</div>',
-        '<div class="wide"><table id="matrix"><tr><th>fix</th>' + head + "</tr>", *body, "</table></div>",
-        "<h2>Targets</h2><ul>", *summary, "</ul>",
-        *(["<h2>Why targets differ</h2><ul>", *notes, "</ul>"] if notes else []),
-    ]
-    css = html.STYLE + ("td.cell.ok { background: var(--ok-bg); color: var(--ok); } "
-                   "td.cell.not-ok { background: var(--bad-bg); color: var(--bad); font-weight: 600; } "
-                   "td.cell.not-run { background: #f3f4f6; color: var(--dim); font-style: italic; }")
-    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                      f"<title>cgroup lab matrix: {escape(rec['scenario']['id'])}</title>", f"<style>{css}</style>",
-                      "</head><body>", *page, "</body></html>", ""])
+    notes = [(t, n) for t, n in rec["scenario"].get("notes", {}).items() if n]
+    return html.environment().get_template("matrix.html.j2").render(
+        rec=rec, targets=rec.get("targets", []), try_ids=rows(rec), notes=notes, css=html.stylesheet(),
+        cell_text=cell_text, host_of=host_of, style=html.style)
 
 
 def write_matrix_reports(where: Path) -> list[Path]:

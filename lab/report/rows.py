@@ -1,4 +1,4 @@
-"""What every report format shares: redaction, the story steps vs plumbing, try rows, verdicts."""
+"""What every report format shares: redaction, output lines, the facts of a try."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lab.run.judge import verdict_words
+from lab.run.record import RunRecord, StepRecord, TryRecord, is_plumbing
 
-# Steps that only prepare or inspect the guest: counted, but not part of the story.
-PLUMBING_SUFFIXES = (":teardown", ":observe", ":cleanup")
-PLUMBING_PREFIX = "preflight:"
+__all__ = ["REDACTED", "is_plumbing", "output_lines", "redact", "redacted", "redacted_record", "try_facts"]
 
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
@@ -26,7 +24,7 @@ def redact(text: str) -> str:
 
 
 def redacted(value: Any) -> Any:
-    """A copy of a record with every string redacted, so no renderer can forget a field."""
+    """A copy of a JSON-like value with every string redacted, so no renderer can forget a field."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
@@ -36,47 +34,38 @@ def redacted(value: Any) -> Any:
     return value
 
 
-def is_plumbing(step_id: str) -> bool:
-    return step_id.startswith(PLUMBING_PREFIX) or step_id.endswith(PLUMBING_SUFFIXES)
+def redacted_record(rec: RunRecord) -> RunRecord:
+    """A copy of the record with every string redacted."""
+    return RunRecord.model_validate(redacted(rec.model_dump(mode="json")))
 
 
-def fix_rows(record: dict) -> list[dict]:
-    """The fixes in run order: baseline, each fix, the restored baseline (those that ran)."""
-    rows = [record.get("baseline"), *record.get("fixes", []), record.get("baseline_restored")]
-    return [row for row in rows if row]
-
-
-def steps_of(record: dict, fix_id: str) -> list[dict]:
-    """Every step of one fix, plumbing included."""
-    return [s for s in record.get("steps", []) if s["id"].startswith(f"{fix_id}:")]
-
-
-def story_steps(record: dict) -> list[dict]:
-    return [s for s in record.get("steps", []) if not is_plumbing(s["id"])]
-
-
-def output_lines(step: dict) -> list[str]:
+def output_lines(step: StepRecord) -> list[str]:
     """stdout then stderr, as lines, without the trailing blank ones."""
-    text = (step.get("stdout") or "") + (step.get("stderr") or "")
-    if step.get("stdout") and not step["stdout"].endswith("\n") and step.get("stderr"):
-        text = step["stdout"] + "\n" + step["stderr"]
+    text = step.stdout + step.stderr
+    if step.stdout and not step.stdout.endswith("\n") and step.stderr:
+        text = step.stdout + "\n" + step.stderr
     return text.rstrip().splitlines()
 
 
-def try_facts(row: dict, code: Callable[[str], str], strong: Callable[[str], str]) -> list[str]:
-    """What a try left to say besides its verdict (signatures seen, observed fields, log lines,
-    whether it was cleaned up), each item marked up by the format's own code() and strong()."""
+def try_facts(rec: RunRecord, row: TryRecord, code: Callable[[str], str], strong: Callable[[str], str]) -> list[str]:
+    """What a try left to say besides its verdict (signatures seen, observed fields, log lines, how it
+    was isolated from the next), each item marked up by the format's own code() and strong()."""
     facts = []
-    if row.get("signature_matched"):
-        facts.append("failure signature seen: " + "; ".join(code(s) for s in row["signature_matched"]))
-    if row.get("fields"):
-        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row["fields"].items()))
-    facts += [f"log: {code(line)}" for line in (row.get("notes") or [])[-3:]]
-    facts.append("cleaned up (and reverted) afterwards" if row.get("reverted")
-                 else strong("could not be cleaned up or reverted"))
+    if row.error:
+        facts.append(strong(f"broke off: {row.error}"))
+    if row.signature_matched:
+        facts.append("failure signature seen: " + "; ".join(code(s) for s in row.signature_matched))
+    if row.fields:
+        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row.fields.items()))
+    facts += [f"log: {code(line)}" for line in row.notes[-3:]]
+    if row.kept:
+        facts.append(strong("kept as it failed (--keep-failing): nothing was cleaned up after it"))
+    elif row.reverted is True:
+        facts.append("cleaned up (and reverted) afterwards")
+    elif row.reverted is False:
+        facts.append(strong("could not be cleaned up or reverted"))
+    elif rec.isolation == "snapshot":
+        revert = next((r for r in rec.reverts if r.before == row.id), None)
+        facts.append("started from the baseline snapshot" + (f" (restored in {revert.seconds:.1f} s)" if revert
+                                                              else " (nothing had run since it was restored)"))
     return facts
-
-
-def verdict(record: dict, row: dict) -> str:
-    """The presenter's sentence for a try row, in the scenario's own outcome words."""
-    return verdict_words(record.get("outcomes") or {}, row)

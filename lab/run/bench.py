@@ -21,7 +21,9 @@ from lab.host import libvirt, tools
 from lab.images.build import build
 from lab.machine import lifecycle, phases
 from lab.remote.shell import Shell
-from lab.run import engine, record
+from lab.run.record import RunRecord
+from lab.run.verdict import verdict
+from lab.run.verify import verify
 
 SSH_SAMPLES_VAGRANT = 5
 SSH_SAMPLES_PARAMIKO = 30
@@ -72,15 +74,15 @@ def guest_boot_seconds(settings: Settings) -> float | None:
     return int(m.group(1) or 0) * 60 + float(m.group(2))
 
 
-def verify_figures(settings: Settings, only: tuple[str, ...] = ()) -> tuple[float, float, dict]:
-    """(wall seconds, sum of guest-side seconds, record) of one verify run."""
+def verify_figures(settings: Settings, only: tuple[str, ...] = (),
+                   isolation: str = "") -> tuple[float, float, RunRecord]:
+    """(wall seconds, sum of guest-side seconds, record) of one verify run ("" isolation: the scenario's)."""
     started = time.monotonic()
-    ok = engine.run(settings, only=only)
+    rec = verify(settings, only=only, isolation=isolation)
     wall = time.monotonic() - started
-    rec = record.load(paths.lab_dir(settings.name).reports / record.LATEST)
-    if not ok:
+    if not verdict(rec).ok:
         raise LabError("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
-    guest = sum(s["guest_seconds"] or 0.0 for s in rec["steps"])
+    guest = sum(s.guest_seconds or 0.0 for s in rec.steps)
     return wall, guest, rec
 
 
@@ -106,12 +108,12 @@ def run(settings: Settings, fresh: bool = False) -> dict:
     figures["verify_wall_s"] = round(wall, 2)
     figures["verify_guest_s"] = round(guest, 2)
     figures["verify_overhead"] = round((wall - guest) / guest, 4)
-    figures["verify_commands"] = len(rec["steps"])
-    gaps = [st["seconds"] - (st["guest_seconds"] or 0.0) for st in rec["steps"]]
+    figures["verify_commands"] = len(rec.steps)
+    gaps = [st.seconds - (st.guest_seconds or 0.0) for st in rec.steps]
     figures["verify_per_command_overhead_s"] = round(statistics.median(gaps), 4)
     figures["verify_fixed_overhead_s"] = round(wall - guest - figures["verify_per_command_overhead_s"] * len(gaps), 2)
     figures["matrix_one_vm_s"] = round(wall, 2)
-    fixes = len(rec["fixes"])
+    fixes = len([t for t in rec.tries if t.kind == "fix"])
 
     v = vagrant_ssh_seconds(settings, SSH_SAMPLES_VAGRANT)
     per_channel, in_shell = paramiko_seconds(settings, SSH_SAMPLES_PARAMIKO)
@@ -135,7 +137,8 @@ def run(settings: Settings, fresh: bool = False) -> dict:
     figures["up_vs_boot"] = round(up_s / boot, 2) if boot else None
     figures["up_phases_s"] = (phases.load(paths.lab_dir(settings.name).root / lifecycle.UP_PHASES) or {}).get("phases")
 
-    one_wall, _, _ = verify_figures(settings, only=(rec["fixes"][0]["id"],)) if fixes else (0.0, 0, {})
+    first_fix = next((t.id for t in rec.tries if t.kind == "fix"), "")
+    one_wall = verify_figures(settings, only=(first_fix,))[0] if first_fix else 0.0
     per_fix_fresh = figures["destroy_up_s"] + one_wall
     figures["fresh_vm_per_fix_s"] = round(per_fix_fresh * (fixes + 1), 2)
     figures["fresh_vm_per_fix_method"] = (f"measured once (destroy + up + verify of one fix = {per_fix_fresh:.1f}s), "

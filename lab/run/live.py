@@ -13,7 +13,9 @@ from rich.table import Table
 
 from lab.core.console import console
 from lab.render.plan import Plan, PlannedEvidence, PlannedTry
-from lab.run.judge import StepRecord, TryRecord, lines, verdict_words, words
+from lab.run.judge import lines
+from lab.run.record import Revert, RunRecord, StepRecord, TryRecord
+from lab.run.verdict import outcome_words, try_words, verdict
 
 MAX_LINES = 8
 
@@ -89,7 +91,7 @@ class Live:
     def try_header(self, label: str, t: PlannedTry, announce: str = "") -> None:
         head = announce or ("baseline: the bug" if label == "baseline" else f"{t.kind} {label}")
         console.print(Panel(f"[bold]{escape(t.title)}[/]\n[dim]{escape(t.why)}[/]\n"
-                            f"expected: {escape(t.expected)} ({escape(words(self.plan.outcomes, t.expected))})",
+                            f"expected: {escape(t.expected)} ({escape(outcome_words(self.plan.outcomes, t.expected))})",
                             title=escape(head), title_align="left", expand=True))
 
     def before(self, command: str, user: str) -> None:
@@ -101,7 +103,7 @@ class Live:
         guest = f", guest {step.guest_seconds:.2f}s" if step.guest_seconds is not None else ""
         console.print(f"   [dim]exit {step.exit_code} in {step.seconds:.2f}s{guest}[/]")
 
-    def outcome(self, rec: TryRecord) -> None:
+    def outcome(self, run: RunRecord, rec: TryRecord) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in rec.fields.items())
         if shown:
             console.print(f"   [dim]observed: {escape(shown[:300])}[/]")
@@ -110,8 +112,20 @@ class Live:
         if rec.signature_matched:
             console.print(f"   [dim]signature seen: {escape(rec.signature_matched[0])}[/]")
         colour, mark = ("green", "✓") if rec.ok else ("red", "✗")
-        text = verdict_words(self.plan.outcomes, {**rec.__dict__, "reverted": True})
-        console.print(f"[{colour}]{mark} {escape(text)}[/]\n")
+        console.print(f"[{colour}]{mark} {escape(try_words(run, rec))}[/]\n")
+
+    def isolation(self, isolation: str, note: str) -> None:
+        """Say once how tries are kept apart (and why, when it is not what the scenario asked)."""
+        if isolation == "snapshot":
+            console.print("[dim]isolation: every try starts from the baseline snapshot[/]")
+        else:
+            console.print("[dim]isolation: the scenario's teardown and each fix's revert between tries[/]")
+        if note:
+            console.print(f"[yellow]{escape(note)}[/]")
+
+    def reverted_snapshot(self, done: Revert) -> None:
+        console.print(f"[dim]↺ baseline snapshot restored for {escape(done.before)} ({done.how}, {done.seconds:.1f}s; "
+                      f"shells again after {done.until_shells:.1f}s)[/]")
 
     def reverted(self, fix_id: str, step: StepRecord) -> None:
         if step.ok:
@@ -119,28 +133,29 @@ class Live:
         else:
             console.print(f"[red]✗ could not revert {escape(fix_id)}: {escape(step.stderr.strip())}[/]")
 
-    def kept(self, try_id: str, lab: str) -> None:
-        console.print(f"[bold yellow]■ kept {escape(try_id)} as it failed (fix applied, nothing torn down).[/]\n"
+    def kept(self, try_id: str, lab: str, snapshot: bool) -> None:
+        state = "nothing reverted or torn down" if snapshot else "fix applied, nothing torn down"
+        back = ("the next lab.verify starts from the baseline snapshot (or: invoke lab.reset)" if snapshot else
+                "the next lab.verify reverts every fix first (or: invoke lab.reset)")
+        console.print(f"[bold yellow]■ kept {escape(try_id)} as it failed ({state}).[/]\n"
                       f"  look around: invoke lab.ssh --name {escape(lab)}\n"
-                      f"  back to the baseline: the next lab.verify reverts every fix first (or: invoke lab.reset)")
+                      f"  back to the baseline: {back}")
 
     def written(self, path: Path) -> None:
         console.print(f"[dim]report: {escape(str(path))}[/]", soft_wrap=True)
 
-    def summary(self, rec: dict) -> None:
-        table = Table(title=f"{rec['scenario']['id']} on {rec['target']}: fix matrix", expand=False)
-        for col in ("fix", "expected", "observed", "verdict"):
+    def summary(self, rec: RunRecord) -> None:
+        """The fix matrix and the run's verdict (lab.run.verdict), with its notes."""
+        table = Table(title=f"{rec.scenario.id} on {rec.target}: fix matrix", expand=False)
+        for col in ("try", "expected", "observed", "verdict"):
             table.add_column(col)
-        for row in [rec.get("baseline"), *rec.get("fixes", []), rec.get("baseline_restored")]:
-            if row:
-                table.add_row(escape(row["id"]), row["expected"], row["observed"],
-                              "[green]as expected[/]" if row["ok"] else "[red]NOT as expected[/]")
+        for row in rec.tries:
+            table.add_row(escape(row.id), escape(row.expected), escape(row.observed),
+                          "[green]as expected[/]" if row.ok else
+                          ("[yellow]kept as it failed[/]" if row.kept else "[red]NOT as expected[/]"))
         console.print(table)
-        if rec.get("stopped"):
-            mark = "every step that ran met its expectation" if rec["ok"] else "some step did not meet its expectation"
-            console.print(f"[bold yellow]■ stopped by the presenter after {escape(rec['stopped'])}; "
-                          f"baseline restored[/] — {mark} ({rec['seconds']:.1f}s)")
-        elif rec["ok"]:
-            console.print(f"[bold green]✓ every step met its expectation[/] ({rec['seconds']:.1f}s)")
-        else:
-            console.print(f"[bold red]✗ some step did not meet its expectation[/] ({rec['seconds']:.1f}s)")
+        v = verdict(rec)
+        colour = {"met": "green", "stopped": "yellow", "kept": "yellow"}.get(v.state, "red")
+        console.print(f"[bold {colour}]{escape(v.headline)}[/] ({rec.seconds:.1f}s, isolation: {rec.isolation})")
+        for note in v.notes:
+            console.print(f"[{colour}]  {escape(note)}[/]")

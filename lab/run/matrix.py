@@ -19,6 +19,9 @@ from lab.core.files import write_files
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
+from lab.run.record import RunRecord
+from lab.run.verdict import verdict
+from lab.run.verify import verify
 
 MATRIX_DIR = "matrix"
 
@@ -35,14 +38,14 @@ def _why_not(settings: Settings) -> str:
     return target.why_not or f"target {target.name} cannot be built on this host"
 
 
-def _cell(settings: Settings, rec: dict) -> dict:
-    tries = [rec.get("baseline"), *rec.get("fixes", []), rec.get("baseline_restored")]
-    return {"status": "ran" if record.complete(rec) else "error", "ok": bool(rec.get("ok")),
-            "error": rec.get("error"), "run_dir": str(paths.lab_dir(settings.name).reports / rec["run"]),
-            "versions": (rec.get("versions") or {}).get("text", ""), "evidence_holds":
-                [bool(e.get("holds")) for e in rec.get("evidence") or []],
-            "tries": {t["id"]: {"expected": t["expected"], "observed": t["observed"], "ok": t["ok"],
-                                "kind": t.get("kind", "fix")} for t in tries if t}}
+def _cell(settings: Settings, rec: RunRecord) -> dict:
+    """A matrix cell from one verify run's record (its verdict from lab.run.verdict)."""
+    return {"status": "ran" if rec.complete else "error", "ok": verdict(rec).ok,
+            "error": rec.error, "run_dir": str(paths.lab_dir(settings.name).reports / rec.run),
+            "versions": rec.versions, "evidence_holds": [e.holds for e in rec.evidence],
+            "isolation": rec.isolation,
+            "tries": {t.id: {"kind": t.kind, "expected": t.expected, "observed": t.observed, "ok": t.ok}
+                      for t in rec.tries}}
 
 
 MAX_JOBS = 8
@@ -172,10 +175,13 @@ def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | Non
         cell["seconds"]["up"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
         try:
-            engine.run(s, publish=publish_run)
+            rec = verify(s, publish=publish_run)
+        except LabError:
+            cell.update(_cell(s, record.load(_newest_run(lab))))
+            raise
         finally:
             cell["seconds"]["verify"] = round(time.monotonic() - t, 1)
-        cell.update(_cell(s, record.load(_newest_run(lab))))
+        cell.update(_cell(s, rec))
     except LabError as exc:
         cell.update(status="error", why=exc.message, ok=False)
         console.error(f"{target}: {exc.message}")

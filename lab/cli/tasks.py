@@ -1,19 +1,17 @@
-"""invoke tasks: a thin shell over lab/. Parse flags, call one function, turn a LabError into one
-red line and its exit code (README, "Exit codes")."""
+"""The lab's tasks: a thin shell over lab/. Parse flags, call one function, turn a LabError into one
+red line and its exit code (README, "Exit codes"). One collection, run two ways: `invoke lab.up` in a
+checkout (tasks/__init__.py re-exports `ns`) and the installed `cgroup-lab up` (lab.cli.main)."""
 
 from __future__ import annotations
 
 import functools
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Task, task
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab.core import console
 from lab.core.errors import LabError
@@ -154,22 +152,26 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
                               "list_fixes": "list the scenario's fixes on the lab's target",
                               "step": "pause before each try (Enter or space goes on, q stops and restores)",
                               "from": "start at this fix, after the evidence (a demo resumed)",
-                              "keep_failing": "stop at the first unmet expectation, the fix left applied"})
+                              "keep_failing": "stop at the first unmet expectation, left as it failed",
+                              "isolation": "snapshot (every try from the baseline snapshot) or teardown (the "
+                                           "scenario's teardown and reverts between tries); default: the scenario's"})
 @guarded
 def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None,
-           keep_failing=False):
+           keep_failing=False, isolation=None):
     """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
     from lab.report import write_reports
-    from lab.run import engine
+    from lab.run import verify as v
+    from lab.run.verdict import verdict
 
     s = _existing(target, name, scenario)
     if list_fixes:
         console.info(f"[bold]{s.scenario_data.id}[/] on {s.target} — fixes (expected outcome):")
-        for fix_id, title, expected in engine.list_fixes(s):
+        for fix_id, title, expected in v.list_fixes(s):
             console.info(f"  [cyan]{fix_id:<14}[/] {title}  [dim]→ {expected}[/]")
         return
-    if not engine.run(s, only=tuple(fix or ()), step_mode=step, publish=write_reports, start_from=from_ or "",
-                      keep_failing=keep_failing):
+    rec = v.verify(s, only=tuple(fix or ()), step_mode=step, publish=write_reports, start_from=from_ or "",
+                   keep_failing=keep_failing, isolation=isolation or "")
+    if not verdict(rec).ok:
         raise Exit(code=1)
 
 
@@ -343,6 +345,39 @@ def new(c, path):
                  f"  invoke lab.up --scenario {where} --target bookworm lab.verify")
 
 
+@task(name="list", help={"json": "print the labs as a JSON list (one object per lab) instead of a table"})
+@guarded
+def list_(c, json=False):
+    """Every lab of this directory: scenario, target, libvirt host, state (libvirt's), last verdict and when."""
+    import json as jsonlib
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lab.core import paths
+    from lab.run import inventory
+
+    _settings()  # lab.toml and LAB_* are checked for every task
+    labs = inventory.rows()
+    if json:
+        print(jsonlib.dumps([row.as_dict() for row in labs], indent=2))
+        return
+    if not labs:
+        console.info(f"no labs in {paths.state_root()} (bring one up with: invoke lab.up)")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("lab", "scenario", "target", "libvirt host", "domain", "phase", "last verify", "at (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for row in labs:
+        table.add_row(*(escape(cell) for cell in (row.name, row.scenario, row.target, row.host, row.domain, row.phase,
+                                                  row.verdict or "none", row.verified_at)))
+    wide = Console(highlight=False, width=max(console.console.width, 400))  # a row per line, even in a pipe
+    with wide.capture() as text:
+        wide.print(table)
+    console.console.out("\n".join(line.rstrip() for line in text.get().splitlines()), highlight=False)
+
+
 lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report,
-                 scenarios, check, new, matrix)
+                 scenarios, check, new, matrix, list_)
 ns = Collection(lab)

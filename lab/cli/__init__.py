@@ -1,0 +1,1 @@
+"""The command line: the tasks (tasks.py) and the installed `cgroup-lab` program (main.py)."""
