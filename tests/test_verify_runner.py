@@ -86,8 +86,11 @@ class ScriptedTestbed:
         self.remote.calls.append("revert")
         return "loadvm"
 
-    def prove_baseline(self, remote: ScriptedRemote) -> str:
-        remote.calls.append("fingerprint")
+    def ports(self) -> None:
+        return None  # no port shells: each revert reconnects (connect, open shell x2)
+
+    def prove_baseline(self, run) -> str:
+        self.remote.calls.append("fingerprint")
         if not self.fingerprint_ok:
             raise errors.TestbedError("after the revert, lab test is not the baseline that lab.up provisioned")
         return "fp"

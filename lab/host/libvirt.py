@@ -275,6 +275,24 @@ def guest_address(domain: str) -> str | None:
     return m.group(1) if m else None
 
 
+def channel_paths(domain: str, names: tuple[str, ...]) -> dict[str, str]:
+    """{virtio-serial port name: the host's unix socket path} of the running domain's channels of
+    those names (libvirt picks the paths when the domain starts; read from `virsh dumpxml`). Ports
+    the domain lacks are left out."""
+    import xml.etree.ElementTree as ET
+
+    result = virsh("dumpxml", domain)
+    if result.returncode != 0 or not result.stdout.strip():
+        return {}
+    found = {}
+    for channel in ET.fromstring(result.stdout).iter("channel"):
+        target, source = channel.find("target"), channel.find("source")
+        name = target.get("name") if target is not None else None
+        if channel.get("type") == "unix" and name in names and source is not None and source.get("path"):
+            found[name] = str(source.get("path"))
+    return found
+
+
 def domain_exists(domain: str) -> bool:
     return virsh("dominfo", domain).returncode == 0
 
@@ -359,15 +377,18 @@ def revert_baseline(domain: str) -> str:
 
     A running domain gets QEMU's `loadvm` in its own process, which is what libvirt's revert does
     for a compatible running domain (qemuMonitorLoadSnapshot). libvirt 9.0 here restarts QEMU on
-    every revert instead (measured: 2.2-3.5 s, and a new tap port) where loadvm takes 0.3 s. libvirt
-    marks a domain that got a monitor command as tainted (custom-monitor); it is the lab's own.
-    Anything else (a domain shut off, loadvm refused) goes through snapshot-revert."""
+    every revert instead (measured: 2.2-3.5 s, and a new tap port) where loadvm takes 0.3 s; and a
+    QEMU that keeps running keeps the host ends of the lab's virtio-serial ports connected (the port
+    shells, lab.remote.port). loadvm is tried first, with no other virsh call before it (each costs
+    0.1-0.3 s on this host): it answers nothing on success. libvirt marks a domain that got a
+    monitor command as tainted (custom-monitor); it is the lab's own. Anything else (a domain shut
+    off, loadvm refused) goes through snapshot-revert. Raises LabError when the domain has no
+    baseline snapshot, TestbedError when libvirt cannot revert."""
+    result = virsh("qemu-monitor-command", domain, "--hmp", f"loadvm {BASELINE_SNAPSHOT}", timeout=600)
+    if result.returncode == 0 and not result.stdout.strip():
+        return "loadvm"
     if BASELINE_SNAPSHOT not in snapshots(domain):
         raise LabError(f"{domain} has no baseline snapshot", hint="run lab.up again to take one")
-    if domain_state(domain) == "running":
-        result = virsh("qemu-monitor-command", domain, "--hmp", f"loadvm {BASELINE_SNAPSHOT}", timeout=600)
-        if result.returncode == 0 and not result.stdout.strip() and domain_state(domain) == "running":
-            return "loadvm"
     virsh("snapshot-revert", domain, BASELINE_SNAPSHOT, "--running", "--force", check=True, timeout=600)
     return "snapshot-revert"
 

@@ -4,14 +4,17 @@ never needs the settings or libvirt itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lab.config.settings import Settings
 from lab.core import paths
 from lab.core.errors import TestbedError
 from lab.host import libvirt
 from lab.host.providers import resolve_provider
-from lab.machine import lifecycle
+from lab.machine import lifecycle, ports
 from lab.machine.state import read as read_state
-from lab.remote.ssh import Remote
+from lab.remote.port import Ports
+from lab.remote.ssh import CommandResult, Remote
 
 
 class VmTestbed:
@@ -47,9 +50,19 @@ class VmTestbed:
         libvirt.use(self.settings)
         return libvirt.revert_baseline(self.domain)
 
-    def prove_baseline(self, remote: Remote) -> str:
-        """Run the baseline fingerprint in the guest and compare it with the one lab.up recorded;
-        returns it. Raises TestbedError when they differ (the snapshot is not the baseline)."""
-        now = remote.run(lifecycle.FINGERPRINT, step="baseline fingerprint").stdout.strip()
+    def ports(self) -> Ports | None:
+        """The host ends of the lab's port shells, connected (the shells in the baseline snapshot
+        wait on them), or None for a lab without them (then every revert logs in over SSH again).
+        Raises TestbedError when the lab has them but they cannot be reached."""
+        if not (self.libvirt and ports.has_port_shells(self.lab.root)):
+            return None
+        libvirt.use(self.settings)
+        return ports.open_ports(self.domain, self.connect(), timeout=self.settings.libvirt_timeout)
+
+    def prove_baseline(self, run: Callable[[str], CommandResult]) -> str:
+        """Run the baseline fingerprint in the guest (run: a command as the admin) and compare it with
+        the one lab.up recorded; returns it. Raises TestbedError when they differ (the snapshot is
+        not the baseline)."""
+        now = run(lifecycle.FINGERPRINT).stdout.strip()
         lifecycle.prove_baseline(self.lab, now)
         return now

@@ -182,6 +182,19 @@ class Remote:
         self._jump = client
         return transport
 
+    def host_exec(self, command: str, timeout: float = 30) -> paramiko.Channel:
+        """An exec channel on the jump host (the remote libvirt host) running command, its stdin
+        and stdout the channel's; raises TestbedError when there is no jump or it cannot be reached."""
+        transport = self._jump_transport()
+        if transport is None:
+            raise TestbedError(f"{self.label} is not reached through a libvirt host: no host to run {command[:40]} on")
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TestbedError(f"could not run a command on the libvirt host of {self.label} ({exc})") from None
+        return channel
+
     def _new_client(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from typing import Protocol
 
 from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError
+from lab.remote.port import Ports, PortShell
 from lab.remote.shell import Shell
 from lab.remote.ssh import CommandResult, Endpoint, Remote
 from lab.render.plan import Plan, PlannedCommand, PlannedScript, PlannedTry, PlannedWait, script_file
@@ -60,7 +61,9 @@ class Testbed(Protocol):
 
     def revert(self) -> str: ...  # back to the baseline snapshot; returns how
 
-    def prove_baseline(self, remote: Remote) -> str: ...  # TestbedError unless it is the baseline
+    def ports(self) -> Ports | None: ...  # the port shells' host ends, connected, or None
+
+    def prove_baseline(self, run: Callable[[str], CommandResult]) -> str: ...  # TestbedError unless it is the baseline
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ class Runner:
     options: Options
     began: float = field(default_factory=time.monotonic)
     remote: Remote | None = None
-    shells: dict[bool, Shell] = field(default_factory=dict)
+    ports: Ports | None = None  # the port shells' host ends (snapshot isolation on a lab that has them)
+    shells: dict[bool, Shell | PortShell] = field(default_factory=dict)
     broken: TestbedError | None = None  # once the VM is gone, no further command is tried
     fresh: bool = False  # the guest is at its baseline snapshot and nothing ran since
 
@@ -118,12 +122,15 @@ class Runner:
     def snapshot(self) -> bool:
         return self.rec.isolation == "snapshot"
 
-    # --- the connection ---------------------------------------------------------------------
+    # --- the connection ----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect as the admin and open the admin's and root's shells at once: each is a login
-        session in the guest (PAM, logind: ~1-4 s on TCG when the admin's user manager must start,
-        measured), so opening them side by side costs the longer of the two, not their sum."""
+        """Connect as the admin over SSH and open the admin's and root's shells at once: each is a
+        login session in the guest (PAM, logind: ~1-4 s on TCG when the admin's user manager must
+        start, measured), so opening them side by side costs the longer of the two, not their sum.
+        With port shells (snapshot isolation on a lab that has them) nothing is opened: they are there."""
+        if self.ports is not None:
+            return
         self.remote = self.testbed.connect()
         self.remote.connect()
         failures: list[BaseException] = []
@@ -145,7 +152,7 @@ class Runner:
             raise failures[0]
 
     def close(self) -> None:
-        """Close the shells and the connection (quickly, also when the guest no longer answers)."""
+        """Close the SSH shells and connection (quickly, also when the guest no longer answers)."""
         for shell in self.shells.values():
             shell.close()
         self.shells.clear()
@@ -153,27 +160,47 @@ class Runner:
             self.remote.close()
             self.remote = None
 
-    def shell(self, as_root: bool) -> Shell:
-        """One persistent bash per identity: the admin's, and root's through sudo."""
+    def close_ports(self) -> None:
+        """Close the port shells' host ends (at the end of the run)."""
+        if self.ports is not None:
+            self.ports.close()
+            self.ports = None
+            self.shells.clear()
+
+    def shell(self, as_root: bool) -> Shell | PortShell:
+        """One persistent bash per identity: the admin's, and root's through sudo (on the ports when
+        the lab has port shells, else over SSH)."""
         if as_root not in self.shells:
-            assert self.remote is not None
-            self.shells[as_root] = Shell(self.remote, as_root=as_root, user=self.plan.admin,
-                                         label=f"lab {self.testbed.name}", liveness=self.testbed.alive)
+            label = f"lab {self.testbed.name}"
+            if self.ports is not None:
+                self.shells[as_root] = PortShell(self.ports, as_root=as_root, user=self.plan.admin, label=label,
+                                                 liveness=self.testbed.alive)
+            else:
+                if self.remote is None:
+                    self.open()
+                assert self.remote is not None
+                self.shells[as_root] = Shell(self.remote, as_root=as_root, user=self.plan.admin, label=label,
+                                             liveness=self.testbed.alive)
         return self.shells[as_root]
 
     def revert(self, before: str) -> Revert:
-        """Back to the baseline snapshot and connected again (snapshot isolation); recorded."""
+        """Back to the baseline snapshot and ready for the next command (snapshot isolation);
+        recorded. With port shells the shells are simply there again; else SSH reconnects."""
         if self.broken is not None:
             raise self.broken
         started = time.monotonic()
-        self.close()
+        if self.ports is None:
+            self.close()
         try:
             how = self.testbed.revert()
         except TestbedError as exc:
             self.broken = exc
             raise
         reverted = time.monotonic()
-        self.open()
+        if self.ports is None:
+            self.open()
+        else:
+            self.shell(False).run(":", step="after the revert", timeout=self.options.ssh_timeout)
         done = Revert(before=before, how=how, seconds=round(reverted - started, 3),
                       until_shells=round(time.monotonic() - started, 3))
         self.rec.reverts.append(done)
@@ -186,6 +213,12 @@ class Runner:
         if self.snapshot and not self.fresh:
             self.revert(try_id)
         self.fresh = False
+
+    def prove_baseline(self) -> None:
+        """The guest's fingerprint is the one lab.up took with the snapshot (TestbedError if not)."""
+        shell = self.shell(False)
+        self.testbed.prove_baseline(lambda command: shell.run(command, step="baseline fingerprint",
+                                                              timeout=self.options.command_timeout))
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -203,10 +236,10 @@ class Runner:
 
     def _login_as(self, user: str, command: str, step: str, timeout: float | None = None) -> CommandResult:
         """A fresh SSH login as user (its own PAM and logind session), one command, then logout."""
-        assert self.remote is not None
-        ep = self.remote.endpoint
+        admin = self.remote or self.testbed.connect()  # for its endpoint and known_hosts (not connected)
+        ep = admin.endpoint
         login = Endpoint(host=ep.host, port=ep.port, user=user, key_file=ep.key_file, jump=ep.jump)
-        with Remote(login, self.remote.known_hosts, connect_timeout=min(60, self.remote.connect_timeout),
+        with Remote(login, admin.known_hosts, connect_timeout=min(60, admin.connect_timeout),
                     command_timeout=timeout or self.options.command_timeout,
                     label=f"lab {self.testbed.name} as {user}") as r:
             return r.run(command, step=step)
@@ -238,16 +271,23 @@ class Runner:
                               lambda: vias.run_cron(self.shell(True), cmd.user, cmd.run, id, seconds),
                               expected, cmd.why, quiet)
         if cmd.channel == "tty":
-            assert self.remote is not None
-            remote = self.remote
-            return self._step(id, title or cmd.title, cmd.shown, cmd.user,
-                              lambda: vias.run_tty(remote.transport(), cmd.user, cmd.run, id, seconds,
-                                                   label=f"lab {self.testbed.name}", shown=cmd.shown),
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user, lambda: self._tty(cmd, id, seconds),
                               expected, cmd.why, quiet)
         shell = self.shell(cmd.channel == "root")
         return self._step(id, title or cmd.title, cmd.shown, self.plan.admin,
                           lambda: shell.run(cmd.run, step=id, timeout=seconds),
                           expected, cmd.why, quiet)
+
+    def _tty(self, cmd: PlannedCommand, step: str, seconds: float) -> CommandResult:
+        """A terminal login (lab.run.vias.run_tty) on a channel of the admin's SSH connection (its
+        own connection when the shells are on ports)."""
+        admin = self.remote or self.testbed.connect()
+        try:
+            return vias.run_tty(admin.transport(), cmd.user, cmd.run, step, seconds,
+                                label=f"lab {self.testbed.name}", shown=cmd.shown)
+        finally:
+            if admin is not self.remote:
+                admin.close()
 
     def wait(self, id: str, w: PlannedWait) -> tuple[StepRecord, bool]:
         """Poll w.command as root until its output matches w.until or w.seconds pass: (the last
@@ -326,6 +366,7 @@ def run(testbed: Testbed, plan: Plan, lab: paths.LabDir, provider: str, options:
     live.isolation(isolation, note)
     try:
         with ExitStack() as stack:
+            stack.callback(runner.close_ports)
             stack.callback(runner.close)
             try:
                 _preflight(runner)
@@ -371,6 +412,7 @@ def _preflight(r: Runner) -> None:
     isolation returns to the snapshot; teardown isolation runs the teardown, then reverts every
     fix of the target, quietly."""
     if r.snapshot:
+        r.ports = r.testbed.ports()  # connected before the revert: the shells in the snapshot wait on them
         r.revert("the evidence" if r.plan.evidence else "the first try")
         return
     r.open()
@@ -430,7 +472,7 @@ def _try(r: Runner, t: PlannedTry, kind: str, label: str | None = None, announce
         if r.snapshot:
             r.fresh_for(lid)
             if kind == "restored":
-                r.testbed.prove_baseline(r.remote)  # type: ignore[arg-type]
+                r.prove_baseline()
         elif p.teardown:
             step = r.script(f"{lid}:teardown", "tear down before the try", p.teardown.rel, p.teardown)
             if not step.ok:
