@@ -324,8 +324,8 @@ def connect_to_closed_port(ssh_user: str, key: Path, known_hosts: Path) -> tuple
 def test_refused_connection_fails_with_attempts_and_does_not_hang(
         ssh_user: str, client_key: tuple[Path, str], known_hosts: Path) -> None:
     err, took = connect_to_closed_port(ssh_user, client_key[0], known_hosts)
-    assert "could not reach" in err.message
-    m = re.search(r"\((\d+) attempts", err.message)
+    assert "waiting for" in err.message and "port" in err.message and "closed (connection refused)" in err.message
+    m = re.search(r"\((\d+) tries", err.message)
     assert m is not None, err.message
     assert int(m.group(1)) >= 2
     assert err.hint is not None and "lab.status" in err.hint
@@ -369,7 +369,7 @@ def test_stalled_server_is_given_up_on_in_bounded_time(
             r.connect()
         took = time.monotonic() - started
         print(f"stalled server given up after {took:.2f}s: {info.value.message}")
-        assert "could not reach" in info.value.message
+        assert "sshd does not answer its banner" in info.value.message
         assert took < 15
     finally:
         stop.set()

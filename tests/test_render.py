@@ -10,7 +10,7 @@ import pytest
 from labtest import copy_scenario, make_facts, make_settings
 
 from lab.core.files import write_files
-from lab.render.lab import default_network_octet, provision_plan, render_all
+from lab.render.lab import provision_plan, render_all
 from lab.render.plan import plan
 from lab.render.templates import environment, rb, sh
 
@@ -103,12 +103,6 @@ def test_write_files_is_atomic_and_sets_modes(tmp_path: Path) -> None:
     assert (tmp_path / "a/x.sh").stat().st_mode & 0o111
     assert not (tmp_path / "Vagrantfile").stat().st_mode & 0o111
     assert not list(tmp_path.rglob(".*.*"))  # no temp files left
-
-
-def test_default_network_is_stable_and_in_range() -> None:
-    a = default_network_octet("bookworm")
-    assert a == default_network_octet("bookworm")
-    assert 100 <= a < 220
 
 
 def test_provisioned_box_lab_boots_without_vagrant_round_trips(tmp_path: Path) -> None:

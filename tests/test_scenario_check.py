@@ -266,3 +266,19 @@ def test_a_shellcheck_finding_in_an_inherited_command_is_said_once_at_its_line(t
     assert len(found) == 1, result.stderr
     assert f"scenario.toml:{line_of(folder, 'cd /tmp;')}: baseline.start.command" in found[0]
     assert found[0].startswith("error: [bookworm, bookworm-unified]"), found[0]
+
+
+@pytest.mark.integration
+def test_an_unreachable_mirror_is_said_and_not_a_problem_of_the_scenario(tmp_path: Path) -> None:
+    """Without the package index (a mirror that refuses: a closed port on loopback), lab.check says
+    what it could not check and still passes a scenario that is fine otherwise."""
+    folder = folder_with(tmp_path, 'id = "bad"', 'id = "fine"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    env.update(COLUMNS="250", LAB_DEBIAN_MIRROR="http://127.0.0.1:9/debian",
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.check", "--scenario", str(folder)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "packages and commands not checked: the package index could not be read" in out
+    assert "127.0.0.1:9" in out

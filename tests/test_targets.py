@@ -1,13 +1,19 @@
-"""Targets are data: each loads and names its templates; the measured expectations per target are
-the scenario's (scenarios/sudo-lxc-cgroups/scenario.toml)."""
+"""Targets are data: each loads and names its templates; the measured expectations per target reach
+the plan the engine runs and the files the lab is rendered into (not just scenario.toml, read again)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from labtest import make_facts, make_settings
 
 from lab.config import scenario as sc
 from lab.config.targets import all_targets, get_target
 from lab.core.errors import LabError
+from lab.images.build import build_inputs
+from lab.render.lab import provision_plan, render_all
+from lab.render.plan import plan
 from lab.render.templates import TEMPLATES_DIR
 
 TEMPLATES = TEMPLATES_DIR
@@ -46,39 +52,53 @@ def test_every_template_a_target_names_exists(name: str) -> None:
             f"{name}/{fid}: what is applied must be reverted"
 
 
-def matrix(target: str) -> dict[str, str]:
-    return {f.id: sc.expected(f, target) for f in seed().fixes_for(target)}
+def planned(tmp_path: Path, target: str) -> dict[str, str]:
+    """What the engine will expect on target, as the planner gives it to the run (every try, in order)."""
+    p = plan(make_settings(tmp_path, target=target), make_facts())
+    return {t.id: t.expected for t in (p.baseline, *p.fixes)}
 
 
-def test_bookworm_hybrid_matrix_is_the_measured_one() -> None:
-    t = get_target("bookworm")
-    assert t.cgroup_layout == "hybrid"
-    assert "systemd.unified_cgroup_hierarchy=0" in t.kernel_cmdline
-    assert sc.expected(seed().model.baseline, "bookworm") == "failing"
-    assert matrix("bookworm") == {
-        "pam-systemd": "failing", "pam-cgfs": "running", "cgm": "running", "systemd-run": "failing"}
+def test_bookworm_hybrid_plans_the_measured_matrix(tmp_path: Path) -> None:
+    """Measured on bookworm (tests/test_e2e_vm.py: HYBRID): the plan the engine runs expects it, and the
+    box is built with the hybrid layout on the kernel command line."""
+    assert planned(tmp_path, "bookworm") == {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running",
+                                             "cgm": "running", "systemd-run": "failing"}
+    s = make_settings(tmp_path, target="bookworm")
+    assert "systemd.unified_cgroup_hierarchy=0" in build_inputs(s)["cmdline"]
+    p = plan(s, make_facts())
+    assert p.cgroup_layout == "hybrid" and p.baseline.failure and p.baseline.signatures
+    assert "lxc.cgroup.memory.limit_in_bytes" in "\n".join(p.scripts.values()) + render_provision(s)
 
 
-def test_bookworm_unified_has_its_own_row() -> None:
-    t = get_target("bookworm-unified")
-    assert t.cgroup_layout == "unified"
-    assert "unified_cgroup_hierarchy" not in t.kernel_cmdline
-    assert seed().vars_for("bookworm-unified")["memory_limit_key"] == "lxc.cgroup2.memory.max"
-    assert sc.expected(seed().model.baseline, "bookworm-unified") == "unlimited"
-    assert matrix("bookworm-unified") == {
-        "pam-systemd": "unlimited", "pam-cgfs": "failing", "cgm": "running", "systemd-run": "running"}
+def test_bookworm_unified_plans_its_own_row(tmp_path: Path) -> None:
+    assert planned(tmp_path, "bookworm-unified") == {"baseline": "unlimited", "pam-systemd": "unlimited",
+                                                     "pam-cgfs": "failing", "cgm": "running", "systemd-run": "running"}
+    s = make_settings(tmp_path, target="bookworm-unified")
+    assert "unified_cgroup_hierarchy" not in build_inputs(s)["cmdline"]
+    assert "lxc.cgroup2.memory.max" in render_provision(s)
 
 
-def test_trusty_follows_the_2015_report() -> None:
-    t = get_target("trusty")
-    scenario = seed()
-    assert t.kernel_package == "linux-generic-lts-vivid" and t.kernel_prefix == "3.19"
-    assert set(scenario.packages("trusty")) >= {"lxc", "lxc-templates", "uidmap", "libpam-cgm", "cgmanager"}
-    assert t.provision[0].reboot, "the kernel stage must be followed by a reboot"
-    assert any("cgmanager_create_sync" in sig for sig in sc.signatures(scenario.model.baseline, "trusty"))
-    assert {f.id for f in scenario.fixes_for("trusty")} == {"pam-systemd", "cgm"}
-    assert scenario.fix("trusty", "pam-systemd").vars["pam_lines"] == [
-        "session required pam_loginuid.so", "session required pam_systemd.so class=user"]
+def test_trusty_renders_the_2015_setup(tmp_path: Path) -> None:
+    """The rendered lab installs the vivid kernel, reboots into it and asserts 3.19; the plan tries the
+    2015 fixes and recognises the 2015 error lines."""
+    s = make_settings(tmp_path, target="trusty")
+    stages = provision_plan(s)
+    assert stages[0][:2] == ("kernel", True)
+    rendered = render_all(s, make_facts(provider="virtualbox"))
+    scripts = "\n".join(text for name, text in rendered.items() if name.startswith("provision/"))
+    assert "linux-generic-lts-vivid" in scripts and "3.19" in scripts
+    for package in ("lxc", "lxc-templates", "uidmap", "libpam-cgm", "cgmanager"):
+        assert package in scripts, package
+    p = plan(s, make_facts(provider="virtualbox"))
+    assert [f.id for f in p.fixes] == ["pam-systemd", "cgm"]
+    assert any("cgmanager_create_sync" in sig for sig in p.baseline.signatures)
+    assert "session required pam_systemd.so class=user" in p.fix("pam-systemd").apply.text  # type: ignore[union-attr]
+
+
+def render_provision(s: object) -> str:
+    """The lab's rendered provisioning scripts, joined."""
+    return "\n".join(text for name, text in render_all(s, make_facts()).items()  # type: ignore[arg-type]
+                      if name.startswith("provision/"))
 
 
 def test_unknown_target_and_fix_are_clear_errors() -> None:

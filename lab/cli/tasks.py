@@ -4,9 +4,11 @@ checkout (tasks/__init__.py re-exports `ns`) and the installed `cgroup-lab up` (
 
 from __future__ import annotations
 
+import errno
 import functools
 import shutil
 import signal
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from invoke import Collection, Exit, Task, task
 
 from lab.core import console
-from lab.core.errors import LabError
+from lab.core.errors import LabError, TestbedError, user_path
 
 FLAG_HELP = {
     "target": "target to use: trusty, bookworm, bookworm-unified or trixie (lab.toml: target; see lab.scenarios)",
@@ -41,8 +43,9 @@ def _interrupted(signum: int, frame: object) -> None:
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """LabError -> one red line per problem and its exit code; Ctrl-C or SIGTERM -> exit 130 after
-    the cleanup ran.
+    """LabError -> one red line per problem and its exit code (README, "Exit codes"); any other
+    OSError -> exit 3 naming what failed where (a path the user gave was already turned into a
+    LabError, exit 2, by errors.user_path); Ctrl-C or SIGTERM -> exit 130 after the cleanup ran.
 
     SIGINT and SIGTERM are handled explicitly: a shell starts background jobs with SIGINT ignored,
     and Python's default SIGTERM would exit without stopping the Vagrant or Packer we started."""
@@ -60,16 +63,30 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             if exc.hint:
                 console.err_console.print(f"  [dim]hint: {exc.hint}[/]")
             raise Exit(code=exc.exit_code) from None
-        except OSError as exc:  # a path the user gave that cannot be read or written (--out, PATH)
-            where = f": {exc.filename}" if exc.filename else ""
-            console.error(f"{exc.strerror or exc}{where}")
-            console.err_console.print("  [dim]hint: check the path you gave and its permissions[/]")
-            raise Exit(code=2) from None
+        except OSError as exc:  # the machine, not the input: a full disk, an I/O error, a file gone
+            error = machine_failed(exc)
+            console.error(error.message)
+            console.err_console.print(f"  [dim]hint: {error.hint}[/]")
+            raise Exit(code=error.exit_code) from None
         except KeyboardInterrupt:
             console.error("interrupted; the processes this command started were stopped")
             raise Exit(code=130) from None
 
     return wrapper
+
+
+def machine_failed(exc: OSError) -> TestbedError:
+    """The TestbedError (exit 3) for an OSError of the machinery: what failed, on which file, in
+    which of the tool's functions, and what to do (for a full disk: free space there)."""
+    where = f": {exc.filename}" if exc.filename else ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/lab/" in f.filename]
+    during = f" (in {Path(frames[-1].filename).name}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
+    if exc.errno == errno.ENOSPC:
+        hint = f"the disk is full: free space on the file system of {exc.filename or 'the lab or the cache'}, then " \
+               "run the command again"
+    else:
+        hint = "the machine failed, not the settings; fix what the message names, then run the command again"
+    return TestbedError(f"{exc.strerror or exc}{where}{during}", hint=hint)
 
 
 def _settings(target: str | None = None, scenario: str | None = None, provider: str | None = None,
@@ -81,18 +98,48 @@ def _settings(target: str | None = None, scenario: str | None = None, provider: 
                                 "libvirt_uri": libvirt_uri})
 
 
-def _existing(target: str | None, name: str | None, scenario: str | None = None) -> Any:
-    """The lab to act on: --name, else the default name of --target (and --scenario), else the one
-    brought up last in this checkout."""
+def _lab_name(target: str | None, name: str | None, scenario: str | None) -> tuple[str | None, Any]:
+    """(--name, else the default name of --target and --scenario, else None for the lab brought up
+    last; the settings of lab.toml, LAB_* and those flags, checked for every task)."""
     from lab.config import settings
-    from lab.machine import lifecycle
 
-    chosen = _settings(target=target, scenario=scenario)  # lab.toml and LAB_* are checked for every task
+    chosen = _settings(target=target, scenario=scenario)
     if name is None and (target is not None or scenario is not None):
         name = chosen.name
     if name is not None:
         settings.CHECKS["name"]("name", name, "--name")
-    return lifecycle.load_lab(name)
+    return name, chosen
+
+
+def _now(target: str | None = None, scenario: str | None = None, config: str | None = None, **flags: Any) -> Any:
+    """The keys set now (lab.toml or --config, LAB_*, these flags), each with where it came from."""
+    from lab.config import settings
+
+    return settings.given(config=Path(config) if config else None,
+                          flags={"target": target, "scenario": scenario, **flags})
+
+
+def _existing(target: str | None, name: str | None, scenario: str | None = None) -> Any:
+    """The lab to act on (--name, else the default name of --target and --scenario, else the one
+    brought up last in this checkout), with what lab.up froze and the run-time keys given now; a
+    VM key given now with another value is refused (exit 2, naming both values and lab.destroy)."""
+    from lab.machine import lifecycle
+
+    name, _ = _lab_name(target, name, scenario)
+    return lifecycle.load_lab(name, now=_now(target, scenario))
+
+
+def _any_lab(target: str | None, name: str | None, scenario: str | None, set_aside: bool) -> tuple[Any, list[str]]:
+    """_existing() for lab.status and lab.destroy, which work whatever state the lab is in
+    (lifecycle.salvage_lab): (settings, notes on what was wrong)."""
+    from lab.core import paths
+    from lab.machine import lifecycle
+
+    name, chosen = _lab_name(target, name, scenario)
+    name = name or paths.current_name()
+    if not set_aside and not paths.lab_dir(name).root.is_dir():
+        lifecycle.load_lab(name)  # says it was never brought up here
+    return lifecycle.salvage_lab(name, chosen, set_aside)
 
 
 @task(help=flags(*LAB_FLAGS, out="directory to write into (default .lab/NAME/)"))
@@ -102,7 +149,8 @@ def render(c, target=None, scenario=None, provider=None, name=None, config=None,
     from lab.machine import lifecycle
 
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
-    where = lifecycle.render_lab(s, Path(out) if out else None)
+    with user_path("--out", Path(out or ".")):
+        where = lifecycle.render_lab(s, Path(out) if out else None)
     console.info(f"[green]✓[/] rendered lab {s.name} (scenario {s.scenario_data.id}, target {s.target}) into {where}")
 
 
@@ -121,8 +169,10 @@ def doctor(c, target=None, scenario=None, provider=None, name=None, config=None,
 def build(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, force=False,
           verbose=False):
     """Build the box for the target and the scenario's packages (mmdebstrap + Packer, or the ISO)."""
+    from lab.host import proc
     from lab.images.build import build as build_box
 
+    proc.set_verbose(verbose)
     build_box(_settings(target, scenario, provider, name, config, libvirt_uri), force=force, verbose=verbose)
 
 
@@ -131,20 +181,26 @@ def build(c, target=None, scenario=None, provider=None, name=None, config=None, 
 def up(c, target=None, scenario=None, provider=None, name=None, config=None, libvirt_uri=None, verbose=False,
        rebuild=False):
     """Check the scenario, build the box if needed, bring the VM up, provision, take the baseline."""
+    from lab.host import proc
     from lab.machine import lifecycle
     from lab.render.check import check
 
+    proc.set_verbose(verbose)
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
+    now = _now(target, scenario, provider=provider, name=name, libvirt_uri=libvirt_uri, config=config)
+    was_up = lifecycle.hold_settings(s.name, now)
     notes: list[str] = []
     _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None,
                         mirror=s.debian_mirror, notes=notes)
     for line in notes:
-        console.warn(line)
+        console.info(f"[yellow]note: {line}[/]")
     if problems:
         for line in problems:
             console.error(line)
         raise Exit(code=2)
     lifecycle.up(s, verbose=verbose, force_build=rebuild)
+    if not was_up:
+        lifecycle.record_given(s.name, now)
 
 
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
@@ -178,11 +234,19 @@ def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False,
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
 @guarded
 def status(c, target=None, scenario=None, name=None):
-    """Show the lab's scenario, lifecycle phase, domain and Vagrant state."""
+    """Show the lab's scenario, what its state.json says next to what libvirt and Vagrant say."""
+    from lab.config import settings
     from lab.machine import lifecycle
 
-    for key, value in lifecycle.status(_existing(target, name, scenario)).items():
+    s, notes = _any_lab(target, name, scenario, set_aside=False)
+    for key, value in lifecycle.status(s).items():
         console.info(f"{key:>9}: {value}")
+    for note in notes:
+        console.info(f"[yellow]{'settings':>9}: {note}[/]")
+    changes = settings.frozen_changes(s, _now(target, scenario), lifecycle.given_at_up(s.name)) if not notes else []
+    for key, source, frozen, now in changes:
+        console.info(f"[yellow]{'changed':>9}: {key} is {now!r} in {source}, but the lab was brought up with "
+                     f"{frozen!r}: lab.destroy, then lab.up, to apply it[/]")
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
@@ -202,13 +266,12 @@ def destroy(c, target=None, scenario=None, name=None):
     from lab.core import paths
     from lab.machine import lifecycle
 
-    try:
-        s = _existing(target, name, scenario)
-    except LabError:
-        if name is None and target is None:
-            console.info("no lab to destroy")
-            return
-        s = _settings(target=target, scenario=scenario, name=name)
+    if name is None and target is None and scenario is None and not (paths.state_root() / paths.CURRENT).exists():
+        console.info("no lab to destroy")
+        return
+    s, notes = _any_lab(target, name, scenario, set_aside=True)
+    for note in notes:
+        console.info(f"[yellow]{note}; destroying lab {s.name} on {s.libvirt_uri} all the same[/]")
     removed = lifecycle.destroy(s)
     console.info(f"[green]✓[/] lab {s.name} destroyed" + (f": {', '.join(removed)}" if removed else ""))
     if paths.state_root().joinpath(paths.CURRENT).exists() and paths.current_name() == s.name:
@@ -322,7 +385,7 @@ def check(c, scenario=None, target=None):
     notes: list[str] = []
     found, problems = run_check(ref, targets=(target,) if target else (), mirror=settings.debian_mirror, notes=notes)
     for line in notes:
-        console.warn(line)
+        console.info(f"[yellow]note: {line}[/]")
     for line in problems:
         console.error(line)
     if problems:
@@ -338,7 +401,8 @@ def new(c, path):
     """Scaffold a commented scenario folder that checks and verifies on bookworm as it is."""
     from lab.config.scaffold import scaffold
 
-    where, sid = scaffold(Path(path))
+    with user_path("PATH", Path(path)):
+        where, sid = scaffold(Path(path))
     console.info(f"[green]✓[/] scenario {sid} created in {where}\n"
                  f"next: edit {where / 'scenario.toml'}, then\n"
                  f"  invoke lab.check --scenario {where}\n"

@@ -1,7 +1,12 @@
 """Lab settings: lab.toml < LAB_* environment < task flags, validated before anything runs.
 
-Every value that later reaches a shell script or the Vagrantfile is checked here against a strict
-pattern, so that quoting in the templates is a second line of defence, not the only one.
+Each key is declared once, as a field of Settings: its default, its check, and when it applies
+(`applies`): RUN keys (timeouts, fixes, keep_reports) take effect at once, also on a lab that is
+already up; VM keys (target, scenario, memory, cpus, libvirt_uri, the box and its sources) were
+frozen into the lab's VM by lab.up, and a new value is refused there (for_lab) with lab.destroy as
+the way on; `name` names the lab. Every value that later reaches a shell script or the Vagrantfile
+is checked here against a strict pattern, so that quoting in the templates is a second line of
+defence, not the only one.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from lab.config import libvirt_uri as uris
 from lab.config import scenario as scenarios
 from lab.config.targets import Target, all_targets, get_target
-from lab.core.errors import LabError, SettingError, did_you_mean
+from lab.core.errors import FrozenSetting, LabError, SettingError, did_you_mean
 from lab.core.paths import LAB_NAME
 
 IDENT = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -26,58 +32,6 @@ URL_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]+$")
 BOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 PROVIDERS = ("auto", "libvirt", "virtualbox")
 ENV_PREFIX = "LAB_"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated settings of one lab; the only thing the engine reads."""
-
-    target: str = "trusty"
-    scenario: str = scenarios.DEFAULT_SCENARIO
-    provider: str = "auto"
-    name: str = ""
-    cpus: int = 2
-    memory: int = 1024
-    fixes: tuple[str, ...] = ()
-    debian_mirror: str = "http://deb.debian.org/debian"
-    ubuntu_mirror: str = "http://archive.ubuntu.com/ubuntu"
-    ubuntu_old_mirror: str = "http://old-releases.ubuntu.com/ubuntu"
-    ppa_url: str = "http://ppa.launchpad.net/ubuntu-lxc/lxc-stable/ubuntu"
-    iso_url: str = "https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso"
-    box: str = ""
-    boot_timeout: int = 900
-    ssh_timeout: int = 300
-    command_timeout: int = 300
-    build_timeout: int = 3600
-    libvirt_uri: str = uris.LOCAL_URI
-    libvirt_timeout: int = 60
-    keep_reports: int = 20  # verify runs kept in .lab/<name>/reports/ (the one `latest` names always stays)
-
-    @property
-    def libvirt(self) -> uris.LibvirtUri:
-        """The libvirt URI, parsed (it was checked when the settings were loaded)."""
-        return uris.parse(self.libvirt_uri)
-
-    @property
-    def target_data(self) -> Target:
-        return get_target(self.target)
-
-    @property
-    def scenario_data(self) -> scenarios.Scenario:
-        """The scenario, loaded and validated (cached while its file is unchanged)."""
-        return scenarios.load(self.scenario)
-
-    @property
-    def fix_ids(self) -> tuple[str, ...]:
-        """The fixes to try: the chosen ones, or every fix of the scenario on the target."""
-        return self.fixes or tuple(f.id for f in self.scenario_data.fixes_for(self.target))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-KEYS = tuple(f.name for f in fields(Settings))
-DEFAULTS = Settings()
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str, object, str], int]:
@@ -179,28 +133,71 @@ def _box(key: str, value: object, source: str) -> str:
     return value
 
 
-CHECKS: dict[str, Callable[[str, object, str], object]] = {
-    "target": _choice(lambda: tuple(all_targets())),
-    "scenario": _scenario,
-    "provider": _choice(PROVIDERS),
-    "name": _pattern(LAB_NAME, "lower-case letters, digits and '-', starting with a letter, at most 48"),
-    "cpus": _int_in(1, 16),
-    "memory": _int_in(512, 32768),
-    "fixes": _fixes,
-    "debian_mirror": _url,
-    "ubuntu_mirror": _url,
-    "ubuntu_old_mirror": _url,
-    "ppa_url": _url,
-    "iso_url": _url,
-    "box": _box,
-    "boot_timeout": _int_in(30, 7200),
-    "ssh_timeout": _int_in(5, 3600),
-    "command_timeout": _int_in(5, 3600),
-    "build_timeout": _int_in(60, 14400),
-    "libvirt_uri": _libvirt_uri,
-    "libvirt_timeout": _int_in(5, 600),
-    "keep_reports": _int_in(1, 10000),
-}
+RUN = "run"  # applies at once, also to a lab that is up
+VM = "vm"  # frozen into the lab's VM at lab.up: a new value needs lab.destroy, lab.up
+NAMES = "names"  # names the lab: chooses which lab a command acts on
+
+
+def key(default: object, check: Callable[..., object], applies: str) -> Any:
+    """A settings key: its default, its check (key, value, source) -> value, and when it applies."""
+    return field(default=default, metadata={"check": check, "applies": applies})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one lab; the only thing the engine reads. Timeouts in seconds,
+    memory in MiB."""
+
+    target: str = key("trusty", _choice(lambda: tuple(all_targets())), VM)
+    scenario: str = key(scenarios.DEFAULT_SCENARIO, _scenario, VM)
+    provider: str = key("auto", _choice(PROVIDERS), VM)
+    name: str = key("", _pattern(LAB_NAME, "lower-case letters, digits and '-', starting with a letter, at most 48"),
+                    NAMES)
+    cpus: int = key(2, _int_in(1, 16), VM)
+    memory: int = key(1024, _int_in(512, 32768), VM)
+    fixes: tuple[str, ...] = key((), _fixes, RUN)
+    debian_mirror: str = key("http://deb.debian.org/debian", _url, VM)
+    ubuntu_mirror: str = key("http://archive.ubuntu.com/ubuntu", _url, VM)
+    ubuntu_old_mirror: str = key("http://old-releases.ubuntu.com/ubuntu", _url, VM)
+    ppa_url: str = key("http://ppa.launchpad.net/ubuntu-lxc/lxc-stable/ubuntu", _url, VM)
+    iso_url: str = key("https://releases.ubuntu.com/14.04/ubuntu-14.04.6-server-amd64.iso", _url, VM)
+    box: str = key("", _box, VM)
+    boot_timeout: int = key(900, _int_in(30, 7200), RUN)
+    ssh_timeout: int = key(300, _int_in(5, 3600), RUN)
+    command_timeout: int = key(300, _int_in(5, 3600), RUN)
+    build_timeout: int = key(3600, _int_in(60, 14400), RUN)
+    libvirt_uri: str = key(uris.LOCAL_URI, _libvirt_uri, VM)
+    libvirt_timeout: int = key(60, _int_in(5, 600), RUN)
+    keep_reports: int = key(20, _int_in(1, 10000), RUN)  # verify runs kept in .lab/<name>/reports/ (latest stays)
+    reach_timeout: int = key(20, _int_in(5, 3600), RUN)  # how long a lab that is up may leave SSH unanswered
+
+    @property
+    def libvirt(self) -> uris.LibvirtUri:
+        """The libvirt URI, parsed (it was checked when the settings were loaded)."""
+        return uris.parse(self.libvirt_uri)
+
+    @property
+    def target_data(self) -> Target:
+        return get_target(self.target)
+
+    @property
+    def scenario_data(self) -> scenarios.Scenario:
+        """The scenario, loaded and validated (cached while its file is unchanged)."""
+        return scenarios.load(self.scenario)
+
+    @property
+    def fix_ids(self) -> tuple[str, ...]:
+        """The fixes to try: the chosen ones, or every fix of the scenario on the target."""
+        return self.fixes or tuple(f.id for f in self.scenario_data.fixes_for(self.target))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+KEYS = tuple(f.name for f in fields(Settings))
+DEFAULTS = Settings()
+CHECKS: dict[str, Callable[[str, object, str], object]] = {f.name: f.metadata["check"] for f in fields(Settings)}
+APPLIES: dict[str, str] = {f.name: f.metadata["applies"] for f in fields(Settings)}
 
 
 def read_config_file(path: Path) -> dict[str, object]:
@@ -239,13 +236,18 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     return found
 
 
-def load(
+Given = dict[str, tuple[object, str]]  # key -> (checked value, where it came from: lab.toml, LAB_X, --flag)
+Change = tuple[str, str, object, object]  # key, where the new value came from, frozen value, new value
+
+
+def given(
     config: Path | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, object | None] | None = None,
     project_dir: Path | None = None,
-) -> Settings:
-    """Merge lab.toml < LAB_* < flags and validate every value; raise LabError on the first bad one."""
+) -> Given:
+    """Every key set in lab.toml (or config), LAB_* or flags, later layers winning, each checked, with
+    where it came from. Raises LabError (SettingError) on the first bad one."""
     project_dir = project_dir or Path.cwd()
     environ = os.environ if environ is None else environ
     layers: list[tuple[str, Mapping[str, object]]] = []
@@ -263,13 +265,69 @@ def load(
                 raise LabError(f"unknown setting {plain!r}{did_you_mean(plain, KEYS)}")
             label = key if source == "environment" else (f"--{key.replace('_', '-')}" if source == "flags" else source)
             merged[plain] = (value, label)
-    values = {}
+    checked: Given = {}
     for key, (value, source) in merged.items():
         if key == "scenario" and source in ("lab.toml", str(config)):
-            values[key] = _scenario(key, value, source, (config.parent if config else project_dir).resolve())
+            checked[key] = (_scenario(key, value, source, (config.parent if config else project_dir).resolve()), source)
         else:
-            values[key] = CHECKS[key](key, value, source)
-    return _finish(values, merged)
+            checked[key] = (CHECKS[key](key, value, source), source)
+    return checked
+
+
+def load(
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, object | None] | None = None,
+    project_dir: Path | None = None,
+) -> Settings:
+    """Merge lab.toml < LAB_* < flags and validate every value; raise LabError on the first bad one."""
+    found = given(config, environ, flags, project_dir)
+    return _finish({k: v for k, (v, _) in found.items()}, found)
+
+
+def _counts(key: str, source: str) -> bool:
+    """Whether a key given now is held against a lab that is up: the keys that choose a lab (target,
+    scenario) only when given as a flag of this command; from lab.toml or LAB_* they are defaults for
+    labs to come, and the lab was chosen by name."""
+    return APPLIES[key] != NAMES and (key not in ("target", "scenario") or source.startswith("--"))
+
+
+def layer(source: str) -> int:
+    """How strong the place a value came from is: 0 the default, 1 a settings file, 2 LAB_*, 3 a flag."""
+    return 0 if not source else 3 if source.startswith("--") else 2 if source.startswith(ENV_PREFIX) else 1
+
+
+def sources(now: Given) -> dict[str, str]:
+    """{key: where it came from} of the keys given: what lab.up records next to the values it froze."""
+    return {k: source for k, (_, source) in now.items()}
+
+
+def frozen_changes(frozen: Settings, now: Given, at_up: Mapping[str, str] | None = None) -> list[Change]:
+    """(key, source, frozen value, value given now) for each VM key given now with another value than
+    the lab was brought up with, from a place at least as strong as the one that set it at up
+    (at_up: sources() recorded by lab.up; a lab without the record counts as lab.toml's): a value
+    in lab.toml is not held against a lab brought up with LAB_MEMORY=2048, an edited lab.toml is."""
+    recorded = at_up if at_up is not None else dict.fromkeys(KEYS, "lab.toml")
+    return [(k, source, getattr(frozen, k), value) for k, (value, source) in now.items()
+            if _counts(k, source) and APPLIES[k] == VM and value != getattr(frozen, k)
+            and layer(source) >= layer(recorded.get(k, ""))]
+
+
+def for_lab(frozen: Settings, now: Given, refuse: bool = True, at_up: Mapping[str, str] | None = None) -> Settings:
+    """The settings a lab that is up runs with: what lab.up froze, with the RUN keys given now
+    (lab.toml, LAB_*, flags) applied. A VM key given now with another value (frozen_changes) is
+    refused (FrozenSetting, exit 2, naming both values and lab.destroy); with refuse=False it is
+    left as frozen (lab.status, lab.destroy). Raises SettingError when a RUN key does not fit the
+    lab (a fix its scenario does not have on its target)."""
+    changed = frozen_changes(frozen, now, at_up)
+    if changed and refuse:
+        key_, source, was, value = changed[0]
+        raise FrozenSetting(key_, source, was, value, frozen.name)
+    runtime = {k: (v, source) for k, (v, source) in now.items() if APPLIES[k] == RUN}
+    if not runtime:
+        return frozen
+    values = {**asdict(frozen), **{k: v for k, (v, _) in runtime.items()}}
+    return _finish(values, runtime)
 
 
 def _finish(values: dict[str, object], merged: Mapping[str, tuple[object, str]]) -> Settings:

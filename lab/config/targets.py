@@ -26,10 +26,22 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Something labs of a target download, probed before one starts (lab.host.probes): what it is,
+    the settings that hold its URL (alternatives: one answering is enough), the path probed under
+    the URL, and when it is needed: "build" (only while the box is not built) or "lab" (every up)."""
+
+    what: str
+    settings: tuple[str, ...]
+    path: str = ""
+    needed: str = "build"
+
+
+@dataclass(frozen=True)
 class Target:
     """One release and cgroup layout. packages: the base set every box of this target has (the
-    scenario's are added); buildable_here: False when its sources cannot be reached from this host
-    (why_not says why)."""
+    scenario's are added); sources: what its labs download (whether they answer from this host is
+    probed when it matters, never written down)."""
 
     name: str
     title: str
@@ -37,7 +49,6 @@ class Target:
     vagrant_guest: str  # Vagrant's guest plugin (config.vm.guest): skips its guest OS autodetection
     release: str
     box_builder: str  # "mmdebstrap" (Debian's mirror + Packer) or "iso" (Packer from the ISO)
-    buildable_here: bool
     providers: tuple[str, ...]
     cgroup_layout: str  # legacy, hybrid or unified
     systemd: int  # systemd's major version in the release; 0 where there is none (trusty: upstart)
@@ -46,7 +57,7 @@ class Target:
     kernel_cmdline: str
     packages: tuple[str, ...]
     provision: tuple[Stage, ...]
-    why_not: str = ""
+    sources: tuple[Source, ...] = ()
 
 
 def _target(raw: dict) -> Target:
@@ -57,6 +68,7 @@ def _target(raw: dict) -> Target:
         Stage(stage=s["stage"], scripts=tuple(s["scripts"]), reboot=s.get("reboot", False))
         for s in raw["provision"]
     )
+    raw["sources"] = tuple(Source(**{**s, "settings": tuple(s["settings"])}) for s in raw.get("sources", ()))
     return Target(**raw)
 
 

@@ -7,8 +7,11 @@ libvirt, Vagrant, a build); 4 the lab is busy with another command; 130 interrup
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from difflib import get_close_matches
+from pathlib import Path
 
 
 class LabError(Exception):
@@ -34,6 +37,17 @@ class SettingError(LabError):
         self.key = key
 
 
+class FrozenSetting(LabError):
+    """A setting given now differs from the value a lab's VM was brought up with, and only a new VM
+    can take it: names the key, both values and lab.destroy as the way on (exit code 2)."""
+
+    def __init__(self, key: str, source: str, frozen: object, given: object, lab: str) -> None:
+        super().__init__(f"setting {key!r} (from {source}) is {given!r}, but lab {lab} was brought up with "
+                         f"{frozen!r}; a new {key} needs a new VM",
+                         hint=f"next: invoke lab.destroy --name {lab}, then lab.up; or give {key} its old value")
+        self.key = key
+
+
 class TestbedError(LabError):
     """The machinery failed (VM, SSH, libvirt, Vagrant, Packer), not the bug: exit code 3, so a CI
     job can tell "the bug changed" from "the machine broke"."""
@@ -55,6 +69,32 @@ class VerifyFailed(LabError):
     """The lab ran, but some step did not meet its expectation (exit code 1, not a usage error)."""
 
     exit_code = 1
+
+
+# what a path the user gave can be wrong with (as opposed to the machine: a full disk, an I/O error)
+PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                         errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV, errno.ENOTEMPTY})
+
+
+@contextmanager
+def user_path(what: str, path: Path) -> Iterator[None]:
+    """Within: an OSError about path (a file under it, a folder above it, a temporary name next to
+    it) that a user can fix by giving another path
+    (permissions, a file where a folder belongs, no such place, read-only) becomes a LabError (exit
+    2) naming what (e.g. --out) and the path; anything else (a full disk, an I/O error) goes on up
+    as it is, to be reported as the machine's failure (exit 3)."""
+    try:
+        yield
+    except OSError as exc:
+        named = str(exc.filename or "")
+        where = path.absolute()
+        # the path, what lies under it, a folder above it, or a temporary name next to it
+        mine = bool(named) and (Path(named).absolute().is_relative_to(where.parent) or
+                                where.is_relative_to(Path(named).absolute()))
+        if not mine or exc.errno not in PATH_ERRNOS:
+            raise
+        raise LabError(f"{what} {path}: {exc.strerror or exc}" + (f": {named}" if named != str(path) else ""),
+                       hint="check the path you gave and its permissions") from None
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -19,6 +19,11 @@ def write_files(out: Path, files: dict[str, str]) -> list[Path]:
                 fh.write(text)
             os.chmod(tmp, 0o755 if rel.endswith(".sh") else 0o644)
             os.replace(tmp, path)
+        except OSError as exc:  # a full disk says nothing of the file it filled: name it
+            Path(tmp).unlink(missing_ok=True)
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -74,6 +74,11 @@ class LabDir:
     def lock_file(self) -> Path:
         return self.root / "lock"
 
+    @property
+    def log(self) -> Path:
+        """lab.log: what the libraries the lab uses logged (paramiko's handshakes and failures)."""
+        return self.root / "lab.log"
+
 
 def lab_dir(name: str, project_dir: Path | None = None) -> LabDir:
     """The LabDir of the lab called name under .lab/."""

@@ -7,11 +7,12 @@ The guest writes to qemu's isa-debug-exit port; qemu then exits with code 3. Any
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
 
+from lab.core.errors import TestbedError
+from lab.host import proc
 from lab.host.sshhost import HostAccess
 
 BOOT_SECTOR = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])  # mov al,1; out 0xf4,al; hlt; jmp $
@@ -31,13 +32,14 @@ def probe(accel: str, timeout: float = 10.0) -> tuple[bool, str]:
                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                "-drive", f"file={image},format=raw,if=floppy"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
+            result = proc.run(cmd, step=f"a 512-byte test guest under {accel}", timeout=timeout, check=False,
+                              split_stderr=True)
+        except TestbedError:  # the timeout passed
             return False, f"a 512-byte test guest did not finish within {timeout:.0f}s under {accel}"
-    if proc.returncode == EXPECTED_EXIT:
+    if result.returncode == EXPECTED_EXIT:
         return True, f"{accel} runs a test guest"
-    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return False, f"{accel} cannot run a test guest (exit {proc.returncode}: {last})"
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return False, f"{accel} cannot run a test guest (exit {result.returncode}: {last})"
 
 
 def probe_script(accel: str, timeout: float = 10.0) -> str:

@@ -5,26 +5,29 @@ Every call goes to the libvirt host of the current lab (`use(settings)`; default
 this machine's daemons, or a remote host through a qemu+ssh:// URI (lab.host.sshhost). The host is
 kept in a context variable, so that labs on different hosts can run in different threads. On a
 remote host a lost connection is a TestbedError naming the URI, never mistaken for "no such domain".
+Absence is read only from libvirt's own "not found" errors (lookup(), absent()); any other failure
+of virsh is a TestbedError quoting what it said. libvirt's XML is read and written with ElementTree.
 """
 
 from __future__ import annotations
 
 import grp
+import json
 import os
 import re
 import shutil
 import socket
-import subprocess
-import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from xml.etree import ElementTree
 
 from lab.config.libvirt_uri import LOCAL_URI
 from lab.config.settings import Settings
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, ToolMissing
-from lab.host import sshhost, tools
+from lab.core.wait import wait_until
+from lab.host import proc, sshhost, tools
 
 URI = LOCAL_URI
 POOL = "default"
@@ -74,30 +77,104 @@ def current() -> Host:
 
 
 def virsh(*args: str, timeout: float | None = None, check: bool = False, probe: bool = False,
-          input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+          input_text: str | None = None) -> proc.Result:
     """virsh -c <the current host's URI> ARGS (input_text on its stdin), bounded by timeout
-    (default: libvirt_timeout).
+    (default: libvirt_timeout). The result's stderr holds virsh's own lines and the errors libvirtd
+    returned for the call (virsh 9.0 drops some, e.g. "Domain not found" of a domain lookup: its
+    client library logs them, LIBVIRT_LOG_OUTPUTS=4:stderr).
 
-    Raises ToolMissing without virsh, TestbedError on a timeout, on a failure when check, and on a
-    remote host whose connection failed (unless probe: then the result is returned)."""
+    Raises ToolMissing without virsh, TestbedError on a timeout, on a failure when check (quoting
+    what virsh said), and on a remote host whose connection failed (unless probe: then the result
+    is returned)."""
     if not shutil.which("virsh"):
         raise ToolMissing("virsh is not installed", hint=tools.hint("virsh"))
     host = current()
     wait = timeout or host.timeout
     where = f" on {host.uri}" if host.remote else ""
-    try:
-        result = subprocess.run(["virsh", "-c", host.libvirt_uri, *args], capture_output=True, text=True,
-                                timeout=wait, check=False, input=input_text if input_text is not None else "")
-    except subprocess.TimeoutExpired:
-        raise TestbedError(f"virsh {' '.join(args)}{where} did not answer within {wait:.0f}s",
-                           hint="is libvirtd (or the host) hung? see: invoke lab.doctor; raise libvirt_timeout "
-                                "if it is just slow") from None
+    raw = proc.run(["virsh", "-c", host.libvirt_uri, *args], step=f"virsh {' '.join(args)}{where}", timeout=wait,
+                   waiting_for=f"virsh {' '.join(args)}{where} to answer", check=False, split_stderr=True,
+                   env={**os.environ, "LIBVIRT_LOG_OUTPUTS": "4:stderr"},
+                   input_text=input_text if input_text is not None else "",
+                   timeout_hint="is libvirtd (or the host) hung? see: invoke lab.doctor; raise libvirt_timeout "
+                                "if it is just slow")
+    result = replace(raw, stderr=_said(raw.stderr))
     if host.remote and not probe and result.returncode != 0 and connection_lost(result.stderr):
         raise TestbedError(f"libvirt host {host.uri} is unreachable ({connection_detail(result.stderr)})",
                            hint=sshhost.ssh_hint(result.stderr, host.access))
     if check and result.returncode != 0:
-        raise TestbedError(f"virsh {' '.join(args)}{where} failed: {result.stderr.strip()}")
+        raise failed(args, result)
     return result
+
+
+# libvirt's client library logs each error libvirtd returned for a call (virNetClientProgramDispatchError)
+_LOGGED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+[+-]\d{4}: \d+: \w+ : (.*)$")
+_RETURNED = re.compile(r"^virNetClientProgramDispatchError:\d+ : (.*)$")
+
+
+def _said(stderr: str) -> str:
+    """virsh's own stderr lines, plus each error libvirtd returned that virsh did not print itself
+    (as "error: ..."); the library's other log lines (an end-of-file as virsh exits) are left out."""
+    own, returned = [], []
+    for line in stderr.splitlines():
+        logged = _LOGGED.match(line)
+        if logged is None:
+            own.append(line)
+        elif (error := _RETURNED.match(logged.group(1))) is not None:
+            returned.append(f"error: {error.group(1)}")
+    text = "\n".join(own)
+    return "\n".join([*own, *(line for line in dict.fromkeys(returned) if line not in text)])
+
+
+def said(result: proc.Result) -> str:
+    """What virsh said about its failure, on one line (its error lines, "error: " left out)."""
+    lines = [line.strip().removeprefix("error: ") for line in result.stderr.splitlines() if line.strip()]
+    return " / ".join(dict.fromkeys(lines)) or f"exit {result.returncode}, no message"
+
+
+def failed(args: tuple[str, ...], result: proc.Result) -> TestbedError:
+    """The TestbedError for a virsh call that failed: the call, the host, and what virsh said."""
+    host = current()
+    where = f" on {host.uri}" if host.remote else ""
+    return TestbedError(f"virsh {' '.join(args)}{where} failed: {said(result)}",
+                        hint="see: invoke lab.doctor" + ("" if host.remote else "; libvirtd's log: "
+                                                          "/var/log/libvirt/libvirtd.log"))
+
+
+# libvirt's messages for the error codes that mean "no such object" (virerror.c: VIR_ERR_NO_DOMAIN,
+# VIR_ERR_NO_NETWORK, VIR_ERR_NO_DOMAIN_SNAPSHOT, VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL)
+NOT_FOUND = {"domain": "Domain not found: ", "network": "Network not found: ",
+             "snapshot": "Domain snapshot not found: ", "pool": "Storage pool not found: ",
+             "volume": "Storage volume not found: "}
+
+
+def absent(result: proc.Result, *kinds: str) -> bool:
+    """The call failed because libvirt has no such object of one of kinds (domain, network,
+    snapshot, pool, volume), and for no other reason."""
+    return result.returncode != 0 and any(f"error: {NOT_FOUND[k]}" in result.stderr for k in kinds)
+
+
+def lookup(kinds: str | tuple[str, ...], *args: str, timeout: float | None = None) -> proc.Result | None:
+    """virsh ARGS about one libvirt object: the result when it succeeded, None when libvirt says the
+    object does not exist (only then: see absent()). Raises TestbedError quoting virsh for any other
+    failure (libvirtd not answering, permissions, a lost remote host), never reads it as absence."""
+    result = virsh(*args, timeout=timeout)
+    if result.returncode == 0:
+        return result
+    if absent(result, *((kinds,) if isinstance(kinds, str) else kinds)):
+        return None
+    raise failed(args, result)
+
+
+def _tolerate(reason: str, *args: str, timeout: float | None = None) -> bool:
+    """virsh ARGS, where a failure whose message contains reason is fine (e.g. "is not running" for
+    destroy): True when the call did something, False when reason said there was nothing to do.
+    Raises TestbedError quoting virsh for any other failure."""
+    result = virsh(*args, timeout=timeout)
+    if result.returncode == 0:
+        return True
+    if reason in result.stderr:
+        return False
+    raise failed(args, result)
 
 
 def connection_lost(stderr: str) -> bool:
@@ -160,7 +237,8 @@ def ensure_kvm_node() -> None:
 
 def ensure_daemons() -> None:
     """Make libvirt answer: start virtlogd and libvirtd by hand when systemd is not PID 1 (only
-    on this machine; a remote host's libvirtd must answer, else TestbedError naming the URI)."""
+    on this machine; a remote host's libvirtd must answer). Raises TestbedError naming what does
+    not answer (the URI, or libvirtd with its log), ToolMissing without the daemons."""
     host = current()
     if host.remote:
         ok, detail = reach()
@@ -172,66 +250,112 @@ def ensure_daemons() -> None:
     if reachable():
         return
     if systemd_is_init():
-        raise LabError("libvirtd does not answer", hint="run: systemctl start libvirtd virtlogd")
+        raise TestbedError("libvirtd does not answer", hint="run: systemctl start libvirtd virtlogd")
     if os.geteuid() != 0:
-        raise LabError("libvirtd does not answer and starting it needs root",
-                       hint="as root: /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d")
+        raise TestbedError("libvirtd does not answer and starting it needs root",
+                           hint="as root: /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d")
     for daemon in ("virtlogd", "libvirtd"):
         path = Path("/usr/sbin") / daemon
         if not path.exists():
             raise ToolMissing(f"{daemon} is not installed", hint=tools.hint(daemon))
-        running = subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0
+        running = proc.run(["pgrep", "-x", daemon], step=f"is {daemon} running", timeout=30, check=False).ok
         if not running:
             console.info(f"starting {daemon} (no systemd on this host)")
-            subprocess.run([str(path), "-d"], check=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if reachable():
-            return
-        time.sleep(0.5)
-    raise LabError("started libvirtd, but it did not answer within 30s", hint="see /var/log/libvirt/libvirtd.log")
+            proc.run([str(path), "-d"], step=f"start {daemon}", timeout=30)
+    wait_until("libvirtd to answer after starting it", lambda: reach()[0] or None, DAEMON_START_S,
+               hint="see /var/log/libvirt/libvirtd.log")
+
+
+DAEMON_START_S = 30.0  # libvirtd answers within about a second of starting here
 
 
 def ensure_pool() -> None:
-    """vagrant-libvirt uploads boxes into the 'default' pool; a fresh libvirt has none."""
-    info = virsh("pool-info", POOL)
-    if info.returncode != 0:
+    """vagrant-libvirt uploads boxes into the 'default' pool; a fresh libvirt has none: define it
+    (its directory made here, or built by libvirt on a remote host) and start it."""
+    info = lookup("pool", "pool-info", POOL)
+    if info is None:
         if not current().remote:
             Path(POOL_PATH).mkdir(parents=True, exist_ok=True)
         virsh("pool-define-as", POOL, "dir", "--target", POOL_PATH, check=True)
         if current().remote:
             virsh("pool-build", POOL, check=True)
         virsh("pool-autostart", POOL)
-        info = virsh("pool-info", POOL)
+        info = virsh("pool-info", POOL, check=True)
     if not re.search(r"State:\s+running", info.stdout):
         virsh("pool-start", POOL, check=True)
 
 
+def network_addresses(xml: str) -> list[str]:
+    """The IPv4 addresses of a libvirt network's XML (`<ip address=...>`)."""
+    return [ip.get("address", "") for ip in ElementTree.fromstring(xml).iter("ip") if ip.get("address")]
+
+
 def used_octets(exclude_network: str) -> set[int]:
     """Third octets of 192.168.x.0/24 subnets in use by other libvirt networks or host interfaces
-    (on a remote host: its libvirt networks only)."""
-    used: set[int] = set()
-    names = virsh("net-list", "--all", "--name").stdout.split()
-    for net in names:
+    (on a remote host: its libvirt networks only). Raises TestbedError when libvirt or ip fails."""
+    addresses: list[str] = []
+    for net in virsh("net-list", "--all", "--name", check=True).stdout.split():
         if net == exclude_network:
             continue
-        xml = virsh("net-dumpxml", net).stdout
-        used.update(int(m) for m in re.findall(r"address=['\"]192\.168\.(\d+)\.", xml))
-    if current().remote:
-        return used
-    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
-    used.update(int(m) for m in re.findall(r"inet 192\.168\.(\d+)\.", addrs))
-    return used
+        found = lookup("network", "net-dumpxml", net)
+        if found is not None:  # else removed since the list was made
+            addresses += network_addresses(found.stdout)
+    if not current().remote:
+        listing = proc.run(["ip", "-j", "-4", "addr"], step="ip addr (subnets in use here)", timeout=30).output
+        addresses += [a.get("local", "") for link in json.loads(listing or "[]") for a in link.get("addr_info", [])]
+    return {octet for octet in map(_octet, addresses) if octet is not None}
 
 
-def pick_octet(preferred: int, network: str, current: int | None = None) -> int:
-    """The lab's subnet: keep the one it had, else the preferred one, else the next free one."""
-    used = used_octets(network)
+def _octet(address: str) -> int | None:
+    """x of 192.168.x.y, else None."""
+    parts = address.split(".")
+    return int(parts[2]) if len(parts) == 4 and parts[:2] == ["192", "168"] and parts[2].isdigit() else None
+
+
+def choose_octet(preferred: int, used: set[int], current: int | None = None) -> int | None:
+    """The lab's subnet among 192.168.100-219: the one it had (current), else the preferred one,
+    else the first free one; None when all are used."""
     for candidate in ([current] if current else []) + [preferred] + list(range(100, 220)):
         if candidate and candidate not in used:
             return candidate
-    raise LabError("no free 192.168.100-219.0/24 subnet for the lab's network",
-                   hint="destroy labs you no longer need: invoke lab.destroy --name NAME")
+    return None
+
+
+def pick_octet(preferred: int, network: str, current: int | None = None) -> int:
+    """choose_octet() against the subnets in use on the libvirt host (and here). Raises
+    TestbedError when none of 192.168.100-219.0/24 is free."""
+    found = choose_octet(preferred, used_octets(network), current)
+    if found is None:
+        raise TestbedError("no free 192.168.100-219.0/24 subnet for the lab's network",
+                           hint="destroy labs you no longer need: invoke lab.destroy --name NAME")
+    return found
+
+
+DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+
+
+def network_xml(network: str, octet: int) -> str:
+    """The lab's isolated network 192.168.<octet>.0/24: DHCP, no forwarding, spanning tree off,
+    dnsmasq's no-ping (see ensure_network)."""
+    ElementTree.register_namespace("dnsmasq", DNSMASQ_NS)
+    root = ElementTree.Element("network")
+    ElementTree.SubElement(root, "name").text = network
+    ElementTree.SubElement(root, "bridge", stp="off", delay="0")
+    ip = ElementTree.SubElement(root, "ip", address=f"192.168.{octet}.1", netmask="255.255.255.0")
+    ElementTree.SubElement(ElementTree.SubElement(ip, "dhcp"), "range", start=f"192.168.{octet}.2",
+                           end=f"192.168.{octet}.254")
+    options = ElementTree.SubElement(root, f"{{{DNSMASQ_NS}}}options")
+    ElementTree.SubElement(options, f"{{{DNSMASQ_NS}}}option", value="no-ping")
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+def network_active(network: str) -> bool | None:
+    """True when the network runs, False when it is defined but stopped, None when libvirt has no
+    such network. Raises TestbedError for any other failure."""
+    info = lookup("network", "net-info", network)
+    if info is None:
+        return None
+    return re.search(r"^Active:\s+yes", info.stdout, re.M) is not None
 
 
 def ensure_network(network: str, octet: int) -> bool:
@@ -242,20 +366,14 @@ def ensure_network(network: str, octet: int) -> bool:
     vagrant-libvirt would create it with `stp='on' delay='0'`, and Linux raises a forward delay of 0
     to 2 s when STP is on: every new tap port (every boot, every snapshot revert) then spends about
     4 s in listening/learning before the guest answers (measured). A one-bridge network has no loop
-    for STP to break."""
-    info = virsh("net-info", network)
-    if info.returncode == 0:
-        if not re.search(r"Active:\s+yes", info.stdout):
+    for STP to break. dnsmasq's no-ping: by default it pings an address before offering it and
+    waits ~3 s for silence (measured: DHCPDISCOVER to DHCPOFFER 3.0 s); the network has one guest."""
+    active = network_active(network)
+    if active is not None:
+        if not active:
             virsh("net-start", network, check=True)
         return False
-    # dnsmasq's no-ping: by default it pings an address before offering it and waits ~3 s for
-    # silence (measured: DHCPDISCOVER to DHCPOFFER 3.0 s); the lab's network has one guest.
-    xml = (f"<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>"
-           f"<name>{network}</name><bridge stp='off' delay='0'/>"
-           f"<ip address='192.168.{octet}.1' netmask='255.255.255.0'><dhcp>"
-           f"<range start='192.168.{octet}.2' end='192.168.{octet}.254'/></dhcp></ip>"
-           f"<dnsmasq:options><dnsmasq:option value='no-ping'/></dnsmasq:options></network>")
-    virsh("net-define", "/dev/stdin", check=True, input_text=xml)
+    virsh("net-define", "/dev/stdin", check=True, input_text=network_xml(network, octet))
     virsh("net-start", network, check=True)
     return True
 
@@ -269,23 +387,23 @@ def box_volumes() -> set[str]:
 
 
 def guest_address(domain: str) -> str | None:
-    """The guest's IPv4 address from the network's DHCP lease (`virsh domifaddr`), or None."""
-    out = virsh("domifaddr", domain, "--source", "lease").stdout
-    m = re.search(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/", out)
+    """The guest's IPv4 address from the network's DHCP lease (`virsh domifaddr`), or None when
+    there is no lease yet or no such domain. Raises TestbedError for any other virsh failure."""
+    found = lookup("domain", "domifaddr", domain, "--source", "lease")
+    m = re.search(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/", found.stdout) if found else None
     return m.group(1) if m else None
 
 
 def channel_paths(domain: str, names: tuple[str, ...]) -> dict[str, str]:
     """{virtio-serial port name: the host's unix socket path} of the running domain's channels of
     those names (libvirt picks the paths when the domain starts; read from `virsh dumpxml`). Ports
-    the domain lacks are left out."""
-    import xml.etree.ElementTree as ET
-
-    result = virsh("dumpxml", domain)
-    if result.returncode != 0 or not result.stdout.strip():
+    the domain lacks are left out, and so is a domain libvirt does not have; TestbedError when libvirt
+    cannot tell."""
+    xml = domain_xml(domain)
+    if xml is None:  # no such domain
         return {}
     found = {}
-    for channel in ET.fromstring(result.stdout).iter("channel"):
+    for channel in xml.iter("channel"):
         target, source = channel.find("target"), channel.find("source")
         name = target.get("name") if target is not None else None
         if channel.get("type") == "unix" and name in names and source is not None and source.get("path"):
@@ -294,13 +412,15 @@ def channel_paths(domain: str, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def domain_exists(domain: str) -> bool:
-    return virsh("dominfo", domain).returncode == 0
+    """libvirt has a domain of this name (TestbedError when it cannot tell)."""
+    return lookup("domain", "dominfo", domain) is not None
 
 
 def domain_state(domain: str) -> str:
-    """running, shut off, paused, ... or "not created"."""
-    result = virsh("domstate", domain)
-    return result.stdout.strip() if result.returncode == 0 else "not created"
+    """running, shut off, paused, ... or "not created" (only when libvirt says there is no such
+    domain; TestbedError quoting virsh when it cannot tell)."""
+    result = lookup("domain", "domstate", domain)
+    return result.stdout.strip() if result is not None else "not created"
 
 
 def owner_mark(lab_root: Path) -> str:
@@ -312,17 +432,36 @@ def owner_mark(lab_root: Path) -> str:
     return f"cgroup-lab lab {lab_root.resolve()}"
 
 
+def domain_xml(domain: str, inactive: bool = False) -> ElementTree.Element | None:
+    """The domain's XML (its persistent definition when inactive), parsed; None when libvirt has no
+    such domain. Raises TestbedError for any other failure."""
+    found = lookup("domain", "dumpxml", *(["--inactive"] if inactive else []), domain)
+    return ElementTree.fromstring(found.stdout) if found is not None else None
+
+
 def domain_owner(domain: str) -> str | None:
-    """The domain's description (our owner mark, or whatever else is there); None if no such domain."""
-    result = virsh("desc", domain)
-    return result.stdout.strip() if result.returncode == 0 else None
+    """The domain's description (our owner mark, whatever else is there, or "" for none); None when
+    libvirt has no such domain. Raises TestbedError when libvirt cannot tell."""
+    xml = domain_xml(domain, inactive=True)
+    if xml is None:
+        return None
+    return (xml.findtext("description") or "").strip()
+
+
+def domain_networks(xml: ElementTree.Element) -> set[str]:
+    """The libvirt networks a domain's interfaces use (`<interface type='network'><source network=...>`)."""
+    return {source.get("network", "") for iface in xml.iter("interface") if iface.get("type") == "network"
+            for source in iface.iter("source") if source.get("network")}
 
 
 def network_users(network: str, besides: str = "") -> list[str]:
     """Domains other than `besides` whose interfaces use the network."""
     users = []
-    for dom in virsh("list", "--all", "--name").stdout.split():
-        if dom != besides and f"network='{network}'" in virsh("dumpxml", "--inactive", dom).stdout:
+    for dom in virsh("list", "--all", "--name", check=True).stdout.split():
+        if dom == besides:
+            continue
+        xml = domain_xml(dom, inactive=True)
+        if xml is not None and network in domain_networks(xml):
             users.append(dom)
     return users
 
@@ -330,7 +469,8 @@ def network_users(network: str, besides: str = "") -> list[str]:
 def cleanup(domain: str, network: str, owner: str) -> list[str]:
     """Remove the lab's domain (with its volumes and snapshots) and its network, but only what is
     ours: the domain when its description is our owner mark, the network when no other domain uses
-    it. Says what was removed."""
+    it. Says what was removed. Raises LabError for a domain of this name someone else owns,
+    TestbedError when libvirt fails (quoting virsh)."""
     removed = []
     mark = domain_owner(domain)
     if mark is not None and mark != owner:
@@ -338,18 +478,17 @@ def cleanup(domain: str, network: str, owner: str) -> list[str]:
                        hint="give this lab another name: --name NAME")
     if mark is not None:
         delete_snapshots(domain)
-        if domain_state(domain) != "shut off":
-            virsh("destroy", domain)
+        _tolerate("domain is not running", "destroy", domain)
         result = virsh("undefine", domain, "--remove-all-storage", "--nvram")
-        if result.returncode != 0:
+        if result.returncode != 0 and not absent(result, "domain"):
             virsh("undefine", domain, "--remove-all-storage", check=True)
         removed.append(f"domain {domain}")
         for vol in (f"{domain}.img",):
-            if virsh("vol-info", vol, "--pool", POOL).returncode == 0:
+            if lookup(("volume", "pool"), "vol-info", vol, "--pool", POOL) is not None:
                 virsh("vol-delete", vol, "--pool", POOL, check=True)
                 removed.append(f"volume {vol}")
-    if virsh("net-info", network).returncode == 0 and not network_users(network, besides=domain):
-        virsh("net-destroy", network)
+    if network_active(network) is not None and not network_users(network, besides=domain):
+        _tolerate("is not active", "net-destroy", network)
         virsh("net-undefine", network, check=True)
         removed.append(f"network {network}")
     return removed
@@ -359,8 +498,9 @@ BASELINE_SNAPSHOT = "lab-baseline"
 
 
 def snapshots(domain: str) -> list[str]:
-    result = virsh("snapshot-list", domain, "--name")
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+    """The domain's snapshot names ([] when there is no such domain)."""
+    result = lookup("domain", "snapshot-list", domain, "--name")
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result is not None else []
 
 
 def snapshot_baseline(domain: str) -> None:
@@ -382,18 +522,26 @@ def revert_baseline(domain: str) -> str:
     shells, lab.remote.port). loadvm is tried first, with no other virsh call before it (each costs
     0.1-0.3 s on this host): it answers nothing on success. libvirt marks a domain that got a
     monitor command as tainted (custom-monitor); it is the lab's own. Anything else (a domain shut
-    off, loadvm refused) goes through snapshot-revert. Raises LabError when the domain has no
-    baseline snapshot, TestbedError when libvirt cannot revert."""
+    off, loadvm refused) goes through snapshot-revert (restart_baseline). Raises TestbedError when
+    the domain has no baseline snapshot or libvirt cannot revert."""
     result = virsh("qemu-monitor-command", domain, "--hmp", f"loadvm {BASELINE_SNAPSHOT}", timeout=600)
     if result.returncode == 0 and not result.stdout.strip():
         return "loadvm"
+    return restart_baseline(domain)
+
+
+def restart_baseline(domain: str) -> str:
+    """The baseline through libvirt's snapshot-revert, which restarts QEMU (new tap ports on the
+    lab's network: what brings a guest back onto a network defined again); returns "snapshot-revert".
+    Raises TestbedError when the domain has no baseline snapshot or libvirt cannot revert."""
     if BASELINE_SNAPSHOT not in snapshots(domain):
-        raise LabError(f"{domain} has no baseline snapshot", hint="run lab.up again to take one")
+        raise TestbedError(f"{domain} has no baseline snapshot", hint="start over: invoke lab.destroy lab.up")
     virsh("snapshot-revert", domain, BASELINE_SNAPSHOT, "--running", "--force", check=True, timeout=600)
     return "snapshot-revert"
 
 
 def delete_snapshots(domain: str) -> None:
-    """libvirt refuses to undefine a domain that still has snapshots."""
+    """libvirt refuses to undefine a domain that still has snapshots (their metadata only: the
+    internal snapshots go with the disk)."""
     for name in snapshots(domain):
-        virsh("snapshot-delete", domain, name, "--metadata", timeout=120)
+        _tolerate(NOT_FOUND["snapshot"], "snapshot-delete", domain, name, "--metadata", timeout=120)

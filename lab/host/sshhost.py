@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config.libvirt_uri import LibvirtUri
 from lab.core import paths
 from lab.core.errors import TestbedError
+from lab.host import proc
 
 HOSTS_DIR = "hosts"
 KNOWN_HOSTS = "known_hosts"
@@ -56,17 +56,15 @@ class HostAccess:
         """A ProxyCommand reaching %h:%p through the libvirt host (ssh -W), for Vagrant and lab.ssh."""
         return shlex.join([str(self.wrapper), *self.ssh_args(), "-W", "%h:%p", self.uri.host])
 
-    def run(self, script: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a shell script on the libvirt host; raises TestbedError naming the URI when SSH fails
-        (exit 255) or the timeout passes. A non-zero exit of the script itself is returned."""
+    def run(self, script: str, timeout: float | None = None) -> proc.Result:
+        """Run a shell script on the libvirt host (timeout in seconds, default twice libvirt_timeout);
+        raises TestbedError naming the URI when SSH fails (exit 255) or the timeout passes. A non-zero
+        exit of the script itself is returned."""
         wait = timeout or self.timeout * 2
         argv = [str(self.wrapper), *self.ssh_args(), "-T", self.uri.host, script]
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=wait, check=False,
-                                    stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise TestbedError(f"libvirt host {self.uri.text}: no answer over SSH within {wait:.0f}s",
-                               hint="is the host up? raise libvirt_timeout if it is just slow") from None
+        result = proc.run(argv, step=f"libvirt host {self.uri.text}", timeout=wait, check=False, split_stderr=True,
+                          waiting_for="an answer over SSH",
+                          timeout_hint="is the host up? raise libvirt_timeout if it is just slow")
         if result.returncode == 255:
             raise TestbedError(f"libvirt host {self.uri.text}: SSH failed: {last_line(result.stderr)}",
                                hint=ssh_hint(result.stderr, self))

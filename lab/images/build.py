@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -21,12 +20,12 @@ from pathlib import Path
 from lab.config.settings import Settings
 from lab.config.targets import Target
 from lab.core import console
-from lab.core.errors import LabError, TestbedError
+from lab.core.errors import TestbedError
 from lab.core.files import write_files
 from lab.core.paths import cache_dir
 from lab.core.resources import packer_file
 from lab.host import accel, proc, tools
-from lab.host.probes import url_answers
+from lab.host.probes import sources_silent
 from lab.images.common import free_port, vagrant_insecure_keys
 from lab.images.trusty import build_trusty
 from lab.render.lab import box_facts, box_provisioned, provision_plan, render_script
@@ -163,7 +162,7 @@ def mounts_under(path: Path) -> list[str]:
 def remove_build_dir(work: Path) -> None:
     """Delete an unfinished build, never following into a mount left behind (it could be /dev)."""
     for mount_point in sorted(mounts_under(work), reverse=True):
-        subprocess.run(["umount", "--lazy", mount_point], check=False, timeout=30)
+        proc.run(["umount", "--lazy", mount_point], step=f"umount {mount_point}", timeout=30, check=False)
     left = mounts_under(work)
     if left:
         console.error(f"not deleting {work}: still mounted: {', '.join(left)}; unmount them, then delete it")
@@ -234,11 +233,11 @@ def _build_debian(settings: Settings, work: Path, verbose: bool) -> Path:
 
 
 def _check_iso_reachable(settings: Settings) -> None:
-    ok, detail = url_answers(settings.iso_url)
-    if not ok:
-        raise LabError(
-            f"target {settings.target} cannot be built here: the Ubuntu ISO {settings.iso_url} "
-            f"does not answer ({detail})",
+    """Every source the build downloads answers now (lab.host.probes), else TestbedError (exit 3)."""
+    why = sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box=False)
+    if why:
+        raise TestbedError(
+            f"target {settings.target} cannot be built here: {why}",
             hint="use a local box instead: set box = '/path/to/trusty.box' in lab.toml, "
                  "or try target = 'bookworm' which builds from Debian's mirror",
         )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from lab.config.settings import Settings
 from lab.core.console import console
 from lab.core.errors import TestbedError
-from lab.host import accel, libvirt, tools
+from lab.host import accel, libvirt, proc, tools
 from lab.host.probes import url_answers
 from lab.host.providers import resolve_provider
 
@@ -30,10 +29,11 @@ def _tool(name: str, required: bool = True, version_args: tuple[str, ...] = ("--
     if not path:
         return Check(name, False, "not found", hint, required)
     try:
-        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60, check=False)
+        out = proc.run([path, *version_args], step=f"{name} {' '.join(version_args)}", timeout=60, check=False,
+                       split_stderr=True)
         first = (out.stdout or out.stderr).strip().splitlines()
         detail = first[0] if first else path
-    except subprocess.TimeoutExpired:
+    except TestbedError:  # no answer within the minute
         detail = f"{path} (no version answer)"
     return Check(name, True, detail, hint, required)
 
@@ -58,8 +58,8 @@ def checks(settings: Settings, provider: str) -> list[Check]:
     if provider == "libvirt":
         plugins = ""
         if shutil.which("vagrant"):
-            plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, timeout=120,
-                                     check=False).stdout
+            plugins = proc.run([tools.vagrant_exe(), "plugin", "list"], step="vagrant plugin list", timeout=120,
+                               check=False, split_stderr=True).stdout
         found.append(Check("vagrant-libvirt", "vagrant-libvirt" in plugins, plugins.strip() or "not installed",
                            tools.hint("vagrant-libvirt")))
         found.append(_tool("virsh", version_args=("-v",)))
@@ -117,10 +117,10 @@ def remote_checks(settings: Settings) -> list[Check]:
         raise TestbedError(f"libvirt host {host.uri}: libvirtd does not answer ({detail})",
                            hint="start libvirtd on that host (systemctl start libvirtd, or libvirtd -d)")
     found.append(Check("libvirtd", True, f"{detail} on {where}"))
-    pool = libvirt.virsh("pool-info", libvirt.POOL)
-    running = pool.returncode == 0 and re.search(r"State:\s+running", pool.stdout) is not None
-    found.append(Check(f"storage pool {libvirt.POOL}", True if pool.returncode != 0 else running,
-                       "running" if running else "absent: lab.up defines it" if pool.returncode != 0
+    pool = libvirt.lookup("pool", "pool-info", libvirt.POOL)  # None: libvirt has no such pool
+    running = pool is not None and re.search(r"State:\s+running", pool.stdout) is not None
+    found.append(Check(f"storage pool {libvirt.POOL}", True if pool is None else running,
+                       "running" if running else "absent: lab.up defines it" if pool is None
                        else "defined but not running", f"virsh -c URI pool-start {libvirt.POOL}"))
     caps = libvirt.virsh("domcapabilities", "--virttype", "kvm")
     listed = caps.returncode == 0 and "<domain>kvm</domain>" in caps.stdout

@@ -7,19 +7,20 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 
-from lab.config.settings import Settings, from_json
+from lab.config.settings import CHECKS, Given, Settings, for_lab, from_json, sources
 from lab.core import console, paths
-from lab.core.errors import LabError, TestbedError, ToolMissing
+from lab.core.errors import LabBusy, LabError, TestbedError, ToolMissing
 from lab.core.files import write_files
 from lab.core.paths import cache_dir
+from lab.core.wait import NotYet, Stopped, wait_until
 from lab.host import accel, libvirt, proc, tools
 from lab.host.providers import resolve_provider
 from lab.images.build import build, cached_box
@@ -36,6 +37,7 @@ from lab.render.plan import plan
 FACTS = "facts.json"
 UP_PHASES = "up-phases.json"  # where the last lab.up's time went (lab.bench reads it)
 ENDPOINT = "endpoint.json"
+GIVEN = "settings-given.json"  # where each key lab.up froze came from (lab.toml, LAB_X, --flag)
 # What fixes change and a baseline must not carry: PAM and sudo configuration, lingering users, the
 # users' own cgroups under /sys/fs/cgroup; one sha256 over all of it, taken at the snapshot. Not the
 # user@UID.service cgroups (cgroup v2 delegates them to the user): systemd starts one at a login
@@ -86,7 +88,8 @@ def load_facts(lab: paths.LabDir) -> LabFacts:
         raise LabError(f"lab {lab.name} has not been rendered ({lab.root / FACTS} is missing)",
                        hint="run: invoke lab.up") from None
     except (ValueError, TypeError) as exc:
-        raise LabError(f"{lab.root / FACTS} is damaged ({exc})", hint="run: invoke lab.up") from None
+        raise TestbedError(f"{lab.root / FACTS} is damaged ({exc})",
+                           hint=f"next: invoke lab.destroy --name {lab.name}, then lab.up") from None
 
 
 def _saved_octet(lab: paths.LabDir) -> int | None:
@@ -111,8 +114,12 @@ def render_lab(settings: Settings, out: Path | None = None, probe_network: bool 
     return lab.root
 
 
-def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settings:
-    """The settings saved by lab.up for this lab (default: the one brought up last)."""
+def load_lab(name: str | None = None, project_dir: Path | None = None, now: Given | None = None,
+             refuse: bool = True) -> Settings:
+    """The settings lab.up froze for this lab (default: the one brought up last), with the run-time
+    keys given now applied (settings.for_lab: a VM key given now with another value is refused,
+    FrozenSetting, unless refuse is False). Raises LabError when the lab was not brought up here
+    or its settings.json is damaged."""
     name = name or paths.current_name(project_dir)
     lab = paths.lab_dir(name, project_dir)
     try:
@@ -120,7 +127,67 @@ def load_lab(name: str | None = None, project_dir: Path | None = None) -> Settin
     except FileNotFoundError:
         raise LabError(f"lab {name!r} has not been brought up here ({lab.settings_file} is missing)",
                        hint="run: invoke lab.up with the same --target/--scenario (or --name)") from None
-    return from_json(text, str(lab.settings_file))
+    frozen = from_json(text, str(lab.settings_file))
+    return for_lab(frozen, now, refuse, given_at_up(name, project_dir)) if now else frozen
+
+
+def given_at_up(name: str, project_dir: Path | None = None) -> dict[str, str] | None:
+    """Where each key lab.up froze came from (settings.sources(): lab.toml, LAB_X, --flag), as
+    lab.up recorded it in .lab/<name>/settings-given.json; None when it did not (an older lab)."""
+    try:
+        raw = json.loads((paths.lab_dir(name, project_dir).root / GIVEN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+
+
+def hold_settings(name: str, now: Given) -> bool:
+    """At lab.up, before anything: a lab that is up refuses a VM key given now with another value
+    than it was brought up with (FrozenSetting, exit 2; settings.frozen_changes). Returns whether
+    the lab was up (its settings stay as they were frozen)."""
+    st, _ = state.peek(paths.lab_dir(name))
+    if st is None or st.phase not in state.READY:
+        return False
+    try:
+        frozen = load_lab(name)
+    except LabError:
+        return True
+    for_lab(frozen, now, at_up=given_at_up(name))
+    return True
+
+
+def record_given(name: str, now: Given) -> None:
+    """After lab.up brought a lab up: where each key given came from (settings.sources), for the
+    commands to come (frozen_changes holds a value only against one from as strong a place)."""
+    write_files(paths.lab_dir(name).root, {GIVEN: json.dumps(sources(now), indent=2, sort_keys=True) + "\n"})
+
+
+def salvage_lab(name: str, fallback: Settings, set_aside: bool) -> tuple[Settings, list[str]]:
+    """The lab's settings for lab.destroy and lab.status, which must work whatever state the lab is
+    in: what lab.up saved when it loads; else fallback (lab.toml, LAB_*) named after the lab, with
+    whatever of the saved target, provider and libvirt host still reads. A settings.json that is not
+    JSON is moved aside when set_aside (state.set_aside). Returns (settings, notes on what was wrong)."""
+    lab = paths.lab_dir(name)
+    try:
+        return load_lab(name), []
+    except LabError as exc:
+        problem = exc.message
+    raw: object = {}
+    try:
+        raw = json.loads(lab.settings_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict):
+        raw = {}
+        if set_aside:
+            problem += f"; moved it aside to {state.set_aside(lab.settings_file, problem)}"
+    kept: dict[str, object] = {"name": name}
+    for key in ("target", "provider", "libvirt_uri", "libvirt_timeout"):
+        with suppress(LabError, KeyError):
+            kept[key] = CHECKS[key](key, raw[key], str(lab.settings_file))
+    return replace(fallback, **kept), [problem]  # type: ignore[arg-type]
 
 
 def require_provider(provider: str) -> None:
@@ -174,21 +241,8 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     domain = domain_name(settings)
     if st.phase in state.READY and provider == "libvirt":
         running = libvirt.domain_state(domain)
-        if running == "running":
-            with console.step(f"lab {settings.name} is already up (baseline of {st.baseline_at}); checking SSH",
-                              "sshd in the guest"), connect(settings, connect_timeout=30):
-                pass
-            paths.remember_current(settings.name)
-            console.info(f"[green]✓[/] lab {settings.name} is up and answers; nothing re-provisioned. "
-                         "next: invoke lab.verify (or lab.reset for the baseline)")
-            return
         if running != "not created":
-            console.info(f"lab {settings.name} is {running}: starting it from its baseline snapshot")
-            libvirt.revert_baseline(domain)
-            with connect(settings, connect_timeout=settings.ssh_timeout):
-                pass
-            paths.remember_current(settings.name)
-            console.info(f"[green]✓[/] lab {settings.name} is up again at its baseline")
+            _bring_back(settings, lab, running, st.baseline_at)
             return
         console.info(f"lab {settings.name} was provisioned but its VM is gone: starting over")
     if not settings.box:
@@ -218,15 +272,18 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     except BaseException:
         if early:
             early.cancel()
-        answers = provider == "libvirt" and libvirt.reachable()
-        left = libvirt.domain_state(domain) if answers else "its state unknown: libvirtd does not answer"
+        try:
+            left = libvirt.domain_state(domain) if provider == "libvirt" else "its state unknown"
+        except LabError as exc:  # said, and the failure that ended the up goes on up
+            left = f"its state unknown: {exc.message}"
         what = "nothing" if left == "not created" else f"domain {domain} ({left})"
         console.info(f"[yellow]lab.up did not finish; it left: {what}. The next lab.up cleans it up and starts "
                      f"over; lab.destroy removes it.[/]")
         raise
     logged_in = early.take(settings.ssh_timeout) if early else None
     with console.step("SSH as the admin with the lab's key", "sshd in the guest", verbose), \
-            (logged_in[0] if logged_in else connect(settings, refresh=True)) as remote:
+            (logged_in[0] if logged_in else connect(settings, refresh=True, connect_timeout=settings.ssh_timeout)) \
+            as remote:
         result = logged_in[1] if logged_in else remote.run("id -un; uname -r", step="first login")
         if result.failed:
             raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
@@ -256,6 +313,43 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool)
     state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
     clock.save(lab.root / UP_PHASES)
     console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel; next: invoke lab.verify")
+
+
+def _bring_back(settings: Settings, lab: paths.LabDir, running: str, baseline_at: str) -> None:
+    """lab.up of a provisioned lab whose domain exists: repair what can be repaired (its network,
+    gone or stopped, is defined and started again; said), then check SSH. A VM that is not running,
+    had lost its network or does not answer is restarted from its baseline snapshot (said): a
+    restarted QEMU plugs the guest into the network again. Raises TestbedError when that fails."""
+    domain = domain_name(settings)
+    restart = running != "running"
+    with _network_lock(settings):
+        active = libvirt.network_active(domain)
+        if not active:
+            octet = load_facts(lab).network_octet
+            libvirt.ensure_network(domain, octet)
+            console.info(f"[yellow]the lab's network {domain} was {'gone' if active is None else 'stopped'}: "
+                         f"{'defined it again' if active is None else 'started it'} (192.168.{octet}.0/24)[/]")
+            restart = True  # the guest's port was on the old bridge
+    if not restart:
+        try:
+            with console.step(f"lab {settings.name} is already up (baseline of {baseline_at}); checking SSH",
+                              "sshd in the guest"), connect(settings, connect_timeout=settings.reach_timeout):
+                pass
+            paths.remember_current(settings.name)
+            console.info(f"[green]✓[/] lab {settings.name} is up and answers; nothing re-provisioned. "
+                         "next: invoke lab.verify (or lab.reset for the baseline)")
+            return
+        except TestbedError as exc:
+            console.info(f"[yellow]{exc.message}[/]")
+    console.info(f"lab {settings.name} is {running}: restarting it from its baseline snapshot")
+    if running == "running":
+        libvirt.restart_baseline(domain)
+    else:
+        libvirt.revert_baseline(domain)
+    with connect(settings, connect_timeout=settings.ssh_timeout):
+        pass
+    paths.remember_current(settings.name)
+    console.info(f"[green]✓[/] lab {settings.name} is up again at its baseline")
 
 
 def _start_port_shells(settings: Settings, lab: paths.LabDir, remote: Remote, domain: str,
@@ -316,18 +410,17 @@ class _EarlyLogin:
         self._thread.start()
 
     def _run(self) -> None:
-        deadline = time.monotonic() + self.settings.boot_timeout
+        domain = domain_name(self.settings)
         try:
             libvirt.use(self.settings)  # a new thread starts on the local host: name the lab's
-            while not libvirt.guest_address(domain_name(self.settings)):
-                if self._stop.wait(1.0) or time.monotonic() > deadline:
-                    return
+            wait_until(f"a DHCP lease of {domain}", lambda: libvirt.guest_address(domain), self.settings.boot_timeout,
+                       interval=1.0, stop=self._stop)
             remote = connect(self.settings, refresh=True, connect_timeout=self.settings.boot_timeout)
             remote.connect()
             self._remote = remote
             if not self._stop.is_set():
                 self._result = remote.run("id -un; uname -r", step="first login")
-        except LabError:
+        except (LabError, Stopped):
             return
 
     def take(self, timeout: float) -> tuple[Remote, CommandResult] | None:
@@ -352,16 +445,15 @@ def _network_lock(settings: Settings) -> Iterator[None]:
     path = cache_dir() / "network.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        deadline = time.monotonic() + settings.ssh_timeout
-        while True:
+        def take() -> bool:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"another lab.up held {path} for {settings.ssh_timeout:.0f}s",
-                                   hint="is a lab.up hung? see: ps; raise ssh_timeout") from None
-                time.sleep(0.2)
+                raise NotYet(f"{path} held by another lab.up") from None
+
+        wait_until(f"another lab.up to release {path}", take, settings.ssh_timeout, interval=0.2,
+                   error=LabBusy, hint="is a lab.up hung? see: ps; raise ssh_timeout")
         try:
             yield
         finally:
@@ -401,16 +493,26 @@ def _boot_and_provision(settings: Settings, lab: paths.LabDir, provider: str, fa
 
 
 def require_running(settings: Settings) -> None:
-    """Before connecting: libvirt says the domain runs, else a TestbedError in seconds with the
-    state and the next command (instead of waiting out the SSH timeout)."""
+    """Before connecting, and whenever the guest falls silent: libvirt says the domain runs and every
+    network its interfaces use is there and active; else a TestbedError in seconds naming what is
+    wrong and the next command (instead of waiting out the SSH timeout)."""
     if resolve_provider(settings) != "libvirt":
         return
     libvirt.use(settings)
     libvirt.ensure_daemons()
-    now = libvirt.domain_state(domain_name(settings))
+    domain = domain_name(settings)
+    now = libvirt.domain_state(domain)
     if now != "running":
-        raise TestbedError(f"the VM of lab {settings.name} ({domain_name(settings)}) is {now}",
+        raise TestbedError(f"the VM of lab {settings.name} ({domain}) is {now}",
                            hint="next: invoke lab.up" + (" (it restores the baseline)" if now != "not created" else ""))
+    xml = libvirt.domain_xml(domain)
+    for network in sorted(libvirt.domain_networks(xml) if xml is not None else ()):
+        active = libvirt.network_active(network)
+        if not active:
+            raise TestbedError(f"the VM of lab {settings.name} ({domain}) runs, but its libvirt network {network} "
+                               f"is {'gone' if active is None else 'stopped'}: the guest cannot be reached",
+                               hint=f"next: invoke lab.up --name {settings.name} (defines the network again and "
+                                    "restarts the VM from its baseline snapshot)")
 
 
 def reset(settings: Settings) -> float:
@@ -499,32 +601,67 @@ def jump_for(settings: Settings) -> Jump | None:
 
 
 def connect(settings: Settings, refresh: bool = False, connect_timeout: float | None = None) -> Remote:
-    """A Remote to the lab's admin (not yet connected; use it as a context manager)."""
+    """A Remote to the lab's admin (not yet connected; use it as a context manager). connect_timeout:
+    seconds to wait for sshd, default reach_timeout (a lab that is up answers at once; a boot passes
+    ssh_timeout or boot_timeout). While the guest does not answer, require_running() says why when
+    libvirt knows; paramiko's log goes to .lab/<name>/lab.log."""
     lab = paths.lab_dir(settings.name)
     return Remote(endpoint(settings, refresh), lab.known_hosts,
-                  connect_timeout=connect_timeout or settings.ssh_timeout,
-                  command_timeout=settings.command_timeout, label=f"lab {settings.name}")
+                  connect_timeout=connect_timeout or settings.reach_timeout,
+                  command_timeout=settings.command_timeout, label=f"lab {settings.name}",
+                  diagnose=lambda: require_running(settings), log_file=lab.log,
+                  hint=f"next: invoke lab.up --name {settings.name} (restarts the VM from its baseline snapshot); "
+                       "raise reach_timeout if the guest is just slow")
 
 
 def status(settings: Settings) -> dict[str, str]:
-    """What the lab is: scenario, target, lifecycle phase, the domain's and Vagrant's view."""
+    """What the lab is: scenario, target, what its state.json says (phase, baseline), next to what
+    libvirt says of its domain and network, and Vagrant's view. Works whatever state the lab is
+    in: a damaged state.json, a scenario that no longer loads, libvirt not answering are shown as
+    such. Returns {label: value}, in display order."""
     lab = paths.lab_dir(settings.name)
     libvirt.use(settings)
-    st = state.read(lab)
-    info = {"lab": settings.name, "scenario": settings.scenario_data.id, "target": settings.target,
-            "provider": resolve_provider(settings), "phase": f"{st.phase}" + (f" since {st.since} ({st.task})"
-                                                                             if st.since else ""),
-            "baseline": st.baseline_at or "none", "dir": str(lab.root), "libvirt": settings.libvirt_uri}
-    if info["provider"] == "libvirt" and libvirt.reachable():
-        mark = libvirt.domain_owner(domain_name(settings))
-        if mark is not None and mark != libvirt.owner_mark(lab.root):
-            info["domain"] = f"{domain_name(settings)}: belongs to someone else ({mark or 'no owner mark'})"
-        else:
-            info["domain"] = f"{domain_name(settings)}: {libvirt.domain_state(domain_name(settings))}"
+    st, damaged = state.peek(lab)
+    try:
+        scenario = settings.scenario_data.id
+    except LabError as exc:
+        scenario = f"{settings.scenario} (does not load: {exc.message})"
+    provider = resolve_provider(settings)
+    info = {"lab": settings.name, "scenario": scenario, "target": settings.target, "provider": provider,
+            "phase": (f"{st.phase}" + (f" since {st.since} ({st.task})" if st.since else "") if st is not None
+                      else f"unknown: {damaged}") + " (its state.json)",
+            "baseline": (st.baseline_at or "none") if st is not None else "unknown",
+            "dir": str(lab.root), "libvirt": settings.libvirt_uri}
+    if provider == "libvirt":
+        info["domain"] = _domain_status(settings, lab) + " (libvirt)"
     if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists():
-        states = LabVagrant(lab.root, timeout=120).status()
-        info["vagrant"] = ", ".join(f"{s.name}: {s.state}" for s in states)
+        try:
+            states = LabVagrant(lab.root, timeout=120).status()
+            info["vagrant"] = ", ".join(f"{s.name}: {s.state}" for s in states)
+        except LabError as exc:
+            info["vagrant"] = f"does not answer ({exc.message})"
     return info
+
+
+def _domain_status(settings: Settings, lab: paths.LabDir) -> str:
+    """What libvirt says of the lab's domain and its networks, in one line (or why it cannot say)."""
+    domain = domain_name(settings)
+    ok, why = libvirt.reach()
+    if not ok:
+        return f"{domain}: unknown, libvirt does not answer ({why})"
+    try:
+        mark = libvirt.domain_owner(domain)
+        if mark is not None and mark != libvirt.owner_mark(lab.root):
+            return f"{domain}: belongs to someone else ({mark or 'no owner mark'})"
+        now = libvirt.domain_state(domain)
+        xml = libvirt.domain_xml(domain, inactive=True)
+        nets = []
+        for network in sorted(libvirt.domain_networks(xml) if xml is not None else ()):
+            active = libvirt.network_active(network)
+            nets.append(f"network {network} " + ("active" if active else "gone" if active is None else "stopped"))
+        return f"{domain}: {now}" + (f"; {', '.join(nets)}" if nets else "")
+    except TestbedError as exc:
+        return f"{domain}: unknown ({exc.message})"
 
 
 def ssh(settings: Settings, command: str | None = None) -> None:
@@ -540,35 +677,50 @@ def ssh(settings: Settings, command: str | None = None) -> None:
     if command:
         argv[1:1] = ["-o", "BatchMode=yes"]
         argv.append(command)
-    os.execvp("ssh", argv)
+    proc.exec_(argv)
 
 
 def destroy(settings: Settings) -> list[str]:
     """Remove the lab's VM, its volumes and its network (only what carries its owner mark); safe
-    to run twice and after a failed up. Returns what was removed."""
+    to run twice, after a failed up, with a damaged state.json (moved aside, said), without
+    Vagrant's metadata, with the domain already gone, or with a domain of this name that is not
+    ours (left alone, said). Returns what was removed. Raises TestbedError when libvirt fails."""
     lab = paths.lab_dir(settings.name)
     libvirt.use(settings)
     with state.locked(lab, "destroy"):
-        removed = _remove(settings, lab, resolve_provider(settings))
+        _, damaged = state.read_or_set_aside(lab)
+        if damaged:
+            console.info(f"[yellow]{damaged}[/]")
+        removed = _remove(settings, lab, resolve_provider(settings), destroying=True)
         state.advance(lab, Phase.ABSENT, "destroy")
         return removed
 
 
-def _remove(settings: Settings, lab: paths.LabDir, provider: str) -> list[str]:
+def _remove(settings: Settings, lab: paths.LabDir, provider: str, destroying: bool = False) -> list[str]:
+    """Remove what the lab made (vagrant destroy, then libvirt: domain, volume, network) and its
+    per-VM files. A domain of this name that is not ours raises LabError, or when destroying is
+    left alone (said)."""
     removed: list[str] = []
     domain = domain_name(settings)
     if provider == "libvirt":
         libvirt.ensure_daemons()
-        _claim(settings, lab, provider)
-        if libvirt.domain_owner(domain) is not None:
+        try:
+            _claim(settings, lab, provider)
+        except LabError as exc:
+            if not destroying:
+                raise
+            console.info(f"[yellow]{exc.message}; only this lab's files are removed[/]")
+            provider = "not ours"
+        if provider == "libvirt" and libvirt.domain_owner(domain) is not None:
             libvirt.delete_snapshots(domain)
-    if lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() and shutil.which("vagrant"):
+    if provider != "not ours" and lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() \
+            and shutil.which("vagrant"):
         with console.step(f"vagrant destroy {domain}", "the VM to be removed"):
             try:
                 LabVagrant(lab.root, timeout=300, step="vagrant destroy").destroy()
             except LabError as exc:
                 console.info(f"[yellow]vagrant destroy failed ({exc.message}); cleaning up through libvirt[/]")
-    if provider == "libvirt" and libvirt.reachable():
+    if provider == "libvirt":
         removed += libvirt.cleanup(domain, domain, libvirt.owner_mark(lab.root))
     shutil.rmtree(lab.root / ".vagrant", ignore_errors=True)
     (lab.root / ports.MARKER).unlink(missing_ok=True)

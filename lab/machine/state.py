@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from lab.core.errors import LabBusy, LabError
+from lab.core.errors import LabBusy, LabError, TestbedError
 from lab.core.files import write_files
 from lab.core.paths import LabDir
 
@@ -53,14 +54,44 @@ def now() -> str:
 
 
 def read(lab: LabDir) -> LabState:
-    """The lab's recorded state; ABSENT when none was recorded (LabError if the file is damaged)."""
+    """The lab's recorded state; ABSENT when none was recorded. Raises TestbedError (exit 3) when the
+    file is damaged: the lab's own state broke, not the input (lab.destroy sets it aside)."""
     try:
         raw = json.loads(lab.state_file.read_text(encoding="utf-8"))
         return LabState(**{**raw, "phase": Phase(raw["phase"])})
     except FileNotFoundError:
         return LabState()
     except (ValueError, TypeError, KeyError) as exc:
-        raise LabError(f"{lab.state_file} is damaged ({exc})", hint="run: invoke lab.destroy, then lab.up") from None
+        raise TestbedError(f"{lab.state_file} is damaged ({type(exc).__name__}: {exc})",
+                           hint=f"next: invoke lab.destroy --name {lab.name} (it sets the file aside), then lab.up") \
+            from None
+
+
+def peek(lab: LabDir) -> tuple[LabState | None, str]:
+    """(the recorded state, "") or, when state.json is damaged, (None, why); changes nothing."""
+    try:
+        return read(lab), ""
+    except LabError as exc:
+        return None, exc.message
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move a damaged state file out of the way (NAME.damaged-<UTC time>), with a note next to it
+    saying why; returns where it went."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(path, aside)
+    write_files(path.parent, {aside.name + ".note": f"moved aside by cgroup-lab at {now()}: {why}\n"})
+    return aside
+
+
+def read_or_set_aside(lab: LabDir) -> tuple[LabState, str]:
+    """The recorded state, or, when state.json is damaged, ABSENT with the file moved aside
+    (set_aside) and a note saying so (lab.destroy, which must always finish)."""
+    st, why = peek(lab)
+    if st is not None:
+        return st, ""
+    aside = set_aside(lab.state_file, why)
+    return LabState(), f"{why}; moved it aside to {aside}"
 
 
 def advance(lab: LabDir, phase: Phase, task: str, **extra: str) -> LabState:

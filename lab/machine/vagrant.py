@@ -8,13 +8,13 @@ status()/ssh_config() would otherwise return output of a failed command).
 from __future__ import annotations
 
 import os
-import subprocess
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import vagrant
 
-from lab.core.errors import LabError
+from lab.core.errors import TestbedError
 from lab.host import proc, tools
 
 
@@ -33,24 +33,40 @@ class LabVagrant(vagrant.Vagrant):
 
     def _call_vagrant_command(self, args: list[str | None]) -> None:  # type: ignore[override]
         command = self._make_vagrant_command(args)
-        proc.run(command, step=f"vagrant {args[0]}", timeout=self.timeout, waiting_for=self.step,
-                 env=self.env, cwd=Path(self.root), on_line=self.on_line)
+        result = proc.run(command, step=f"vagrant {args[0]}", timeout=self.timeout, waiting_for=self.step,
+                          env=self.env, cwd=Path(self.root), on_line=self.on_line, check=False)
+        if result.returncode != 0:
+            raise TestbedError(f"vagrant {args[0]} failed (exit {result.returncode}): {said(result.output)}",
+                               hint=f"its whole output: run again with --verbose; the lab: {self.root}")
 
     def _run_vagrant_command(self, args: list[str | None]) -> str:  # type: ignore[override]
         command = self._make_vagrant_command(args)
-        try:
-            result = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
-                                    timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"vagrant {args[0]} did not answer within {self.timeout:.0f}s") from None
+        result = proc.run(command, step=f"vagrant {args[0]}", timeout=self.timeout, waiting_for=f"vagrant {args[0]}",
+                          env=self.env, cwd=Path(self.root), check=False, split_stderr=True)
         if result.returncode != 0:
-            last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
-            raise LabError(f"vagrant {args[0]} failed (exit {result.returncode}): " + " / ".join(last))
+            raise TestbedError(f"vagrant {args[0]} failed (exit {result.returncode}): "
+                               + said(result.stderr.strip() or result.stdout.strip()))
         return result.stdout
 
     def _stream_vagrant_command(self, args: list[str | None]):  # type: ignore[override]
         self._call_vagrant_command(args)
         return iter(())
+
+
+RUBY_FRAME = re.compile(r"^\s*(from )?\S+:\d+:in [`'][^']*'(: )?")
+
+
+def said(output: str) -> str:
+    """What Vagrant said about a failure, on one line: its last three message lines, with Ruby's
+    backtrace left out (`from /usr/.../x.rb:12:in 'm'`) and a crash's location cut off its message."""
+    lines = []
+    for line in output.splitlines():
+        frame = RUBY_FRAME.match(line)
+        if frame is None:
+            lines.append(line.strip())
+        elif frame.group(2):  # path.rb:12:in `m': the message (Error)
+            lines.append(line[frame.end():].strip())
+    return " / ".join([ln for ln in lines if ln][-3:]) or "no message"
 
 
 def box_names(timeout: float = 120) -> set[str]:

@@ -7,10 +7,16 @@ the first contact pins the key, a changed key is refused with a clear error.
 On a remote libvirt host the guest's address is only reachable from that host: the connection then
 runs inside a direct-tcpip channel of an SSH connection to the host (a jump, like `ssh -J`), with the
 host's key checked against the tool's own file (lab.host.sshhost), never ~/.ssh/known_hosts.
+
+A guest that does not answer is said in one line: why the last attempt failed (no route, port
+closed, no SSH banner, ...), after a diagnose() callback (the machine layer asks libvirt: is the
+domain running, is its network there) had its say. paramiko's own log never reaches the terminal:
+it goes to the lab's log file, or nowhere.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import logging
 import re
@@ -18,17 +24,70 @@ import select
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import paramiko
+from paramiko.ssh_exception import NoValidConnectionsError
 
 from lab.core.errors import LabError, TestbedError
+from lab.core.wait import NotYet, wait_until
 
 MARKER = "__LAB_GUEST_SECONDS__"
-JUMP_LOG = "paramiko.transport.lab-jump"
 MARKER_RE = re.compile(rf"\n?{MARKER} (\d+)\n?$")
+DIAGNOSE_S = 5.0  # while a guest does not answer, how often diagnose() is asked (seconds)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# paramiko logs a failed handshake at ERROR with its traceback; Python's last-resort handler would
+# print that on the terminal. Nothing of paramiko's goes there: only into a lab's log (log_to()).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+_log_files: dict[Path, str] = {}
+
+
+def log_to(log_file: Path | None) -> str:
+    """The paramiko log channel whose lines go to log_file (appended; made once per file), or the
+    silent "paramiko.lab" channel without one."""
+    if log_file is None:
+        return "paramiko.lab"
+    path = log_file.resolve()
+    if path not in _log_files:
+        name = f"paramiko.lab.f{len(_log_files)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        _log_files[path] = name
+    return _log_files[path]
+
+
+def unreachable_why(exc: BaseException, port: int) -> str:
+    """One phrase for why an SSH connection attempt failed: port closed, no route, no answer, no
+    SSH banner, the jump host's connection to the guest refused, or the exception as it is."""
+    if isinstance(exc, NoValidConnectionsError) and exc.errors:
+        return unreachable_why(next(iter(exc.errors.values())), port)
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return f"port {port} is closed (connection refused)"
+    if code == errno.EHOSTUNREACH:
+        return "no route to host (nothing answers for its address)"
+    if code == errno.ENETUNREACH:
+        return "no route to its network (no interface here reaches it)"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return f"no answer to a TCP connection to port {port} (the packets go nowhere)"
+    if isinstance(exc, paramiko.ChannelException):
+        return f"the libvirt host could not connect to it ({exc.text})"
+    if "protocol banner" in str(exc):
+        return f"sshd does not answer its banner (port {port} accepts, but nothing speaks SSH)"
+    if "No existing session" in str(exc):  # paramiko: the handshake's time ran out before a key exchange
+        return f"sshd does not answer its banner or key exchange in time (port {port} accepts, but no SSH comes)"
+    if isinstance(exc, EOFError | paramiko.SSHException):
+        return f"the SSH handshake broke off ({type(exc).__name__}: {exc or 'end of file'})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -107,12 +166,22 @@ class Remote:
     """A persistent SSH connection to the lab's admin account."""
 
     def __init__(self, endpoint: Endpoint, known_hosts: Path, *, connect_timeout: float = 300,
-                 command_timeout: float = 300, label: str = "the lab") -> None:
+                 command_timeout: float = 300, label: str = "the lab", diagnose: Callable[[], None] | None = None,
+                 log_file: Path | None = None,
+                 hint: str = "is the VM running? see: invoke lab.status; raise ssh_timeout if it is just slow") -> None:
+        """endpoint: where sshd listens; known_hosts: the lab's own pinned host keys; connect_timeout
+        and command_timeout in seconds; label: how messages name the machine. diagnose: asked every
+        DIAGNOSE_S while the guest does not answer; raises TestbedError when it knows why (the
+        domain stopped, its network is gone), which then ends the wait at once. log_file: where
+        paramiko's own log goes (else nowhere). hint: the next step when the guest does not answer."""
         self.endpoint = endpoint
         self.known_hosts = known_hosts
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.label = label
+        self.diagnose = diagnose
+        self.log_channel = log_to(log_file)
+        self.hint = hint
         self._client: paramiko.SSHClient | None = None
         self._jump: paramiko.SSHClient | None = None
 
@@ -146,6 +215,7 @@ class Remote:
             self._jump.close()
             self._jump = None
         client = paramiko.SSHClient()
+        client.set_log_channel(self.log_channel)
         client.load_host_keys(str(jump.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy() if jump.strict else paramiko.AutoAddPolicy())
         where = f"libvirt host {jump.label}"
@@ -177,8 +247,7 @@ class Remote:
         transport.set_keepalive(5)
         # a refused direct-tcpip channel (the guest still booting) is retried and reported by connect();
         # paramiko would also log each refusal at ERROR on stderr
-        transport.set_log_channel(JUMP_LOG)
-        logging.getLogger(JUMP_LOG).setLevel(logging.CRITICAL)
+        transport.set_log_channel(self.log_channel)
         self._jump = client
         return transport
 
@@ -197,6 +266,7 @@ class Remote:
 
     def _new_client(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
+        client.set_log_channel(self.log_channel)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         self.known_hosts.touch(mode=0o600, exist_ok=True)
         client.load_host_keys(str(self.known_hosts))
@@ -204,23 +274,25 @@ class Remote:
         return client
 
     def connect(self) -> None:
-        """Connect with bounded retries until connect_timeout; a changed host key is never retried."""
+        """Connect, trying again until connect_timeout (seconds): a refused, unanswered or broken-off
+        attempt is tried again within a second, and diagnose() is asked every DIAGNOSE_S meanwhile.
+        Raises TestbedError at once for a changed host key or a refused lab key (never retried) or
+        when diagnose() knows why; after connect_timeout, one naming why the last attempt failed."""
         ep = self.endpoint
         deadline = time.monotonic() + self.connect_timeout
-        delay, last = 0.25, "no attempt"
-        attempts = 0
-        while True:
-            attempts += 1
+        asked = [0.0]
+
+        def attempt() -> bool:
             jump = self._jump_transport()
             client = self._new_client()
             left = max(1.0, deadline - time.monotonic())
-            try:
+            try:  # the banner's wait ends first: a silent server is named as such, not as a failed negotiation
                 sock = None
                 if jump is not None:  # the guest's sshd, reached from the libvirt host
                     sock = jump.open_channel("direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0),
                                              timeout=min(15.0, left))
                 client.connect(ep.host, port=ep.port, username=ep.user, key_filename=str(ep.key_file),
-                               timeout=min(15.0, left), banner_timeout=min(30.0, left),
+                               timeout=min(15.0, left), banner_timeout=max(1.0, min(15.0, left) - 1),
                                auth_timeout=min(30.0, left), allow_agent=False, look_for_keys=False, sock=sock)
             except paramiko.BadHostKeyException as exc:
                 client.close()
@@ -235,26 +307,32 @@ class Remote:
                 client.close()
                 self.close()
                 raise TestbedError(f"{ep.user}@{ep.host}:{ep.port} refused the lab's key ({exc})",
-                               hint="re-provision with: invoke lab.up") from None
+                                   hint="re-provision with: invoke lab.up") from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
-                last = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() >= deadline:
-                    self.close()
-                    raise TestbedError(
-                        f"could not reach {self.label} over SSH at {ep.host}:{ep.port} within "
-                        f"{self.connect_timeout:.0f}s ({attempts} attempts; last: {last})",
-                        hint="is the VM running? see: invoke lab.status; raise ssh_timeout if it is just slow",
-                    ) from None
-                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 1.0)  # a refused or unanswered attempt costs little; come back soon
-                continue
+                why = unreachable_why(exc, ep.port)
+                if self.diagnose is not None and time.monotonic() - asked[0] >= DIAGNOSE_S:
+                    asked[0] = time.monotonic()
+                    try:
+                        self.diagnose()
+                    except LabError:
+                        self.close()
+                        raise
+                raise NotYet(why) from None
             client.save_host_keys(str(self.known_hosts))
             transport = client.get_transport()
             if transport is not None:
                 transport.set_keepalive(15)
             self._client = client
-            return
+            return True
+
+        try:
+            wait_until(f"{self.label} to answer SSH at {ep.host}:{ep.port}", attempt, self.connect_timeout,
+                       interval=0.25, max_interval=1.0, hint=self.hint)
+        except TestbedError:
+            if self._client is None:
+                self.close()
+            raise
 
     def transport(self) -> paramiko.Transport:
         """The live transport, reconnecting (with the same host key checks) when it has gone."""

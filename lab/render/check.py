@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.config.targets import Target
 from lab.core.errors import LabError, did_you_mean
+from lab.host import proc
 from lab.render import debindex
 from lab.render.lab import box_provisioned, facts_for_render, provision_plan, render_all
 from lab.render.plan import Plan, plan
@@ -365,8 +365,8 @@ def _bash_n(scripts: dict[str, str], sources: dict[str, Path]) -> list[str]:
         for name, text in scripts.items():
             path = Path(tmp) / "script.sh"
             path.write_text(text, encoding="utf-8")
-            result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True,
-                                    timeout=BASH_N_TIMEOUT, check=False)
+            result = proc.run(["bash", "-n", str(path)], step="bash -n", timeout=BASH_N_TIMEOUT, check=False,
+                              split_stderr=True)
             for line in result.stderr.splitlines():
                 m = re.match(rf"{re.escape(str(path))}: line (\d+): (.*)", line)
                 if m:
@@ -389,8 +389,8 @@ def _shellcheck(scenario: sc.Scenario, scripts: dict[str, str], sources: dict[st
             path = Path(tmp) / f"c{n}.sh"
             path.write_text("#!/bin/bash\n" + c.text + "\n", encoding="utf-8")
             where[str(path)] = ("command", str(n))
-        result = subprocess.run(["shellcheck", "--format=gcc", "--severity=warning", *where],
-                                capture_output=True, text=True, timeout=SHELLCHECK_TIMEOUT, check=False)
+        result = proc.run(["shellcheck", "--format=gcc", "--severity=warning", *where], step="shellcheck",
+                          timeout=SHELLCHECK_TIMEOUT, check=False, split_stderr=True)
     out = []
     for line in result.stdout.splitlines():
         m = re.match(r"(.*?):(\d+):(\d+): (.*)", line)

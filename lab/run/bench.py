@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 from lab.config.settings import Settings
 from lab.core import paths
 from lab.core.console import console
-from lab.core.errors import LabError
-from lab.host import libvirt, tools
+from lab.core.errors import VerifyFailed
+from lab.host import libvirt, proc, tools
 from lab.images.build import build
 from lab.machine import lifecycle, phases
 from lab.remote.shell import Shell
@@ -42,10 +41,7 @@ def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
     found = []
     for _ in range(samples):
         started = time.monotonic()
-        result = subprocess.run([exe, "ssh", "-c", "true"], cwd=lab.root, capture_output=True, timeout=120,
-                                check=False)
-        if result.returncode != 0:
-            raise LabError(f"vagrant ssh -c true failed: {result.stderr.decode(errors='replace')[-300:]}")
+        proc.run([exe, "ssh", "-c", "true"], step="vagrant ssh -c true", timeout=120, cwd=lab.root)
         found.append(time.monotonic() - started)
     return found
 
@@ -81,7 +77,7 @@ def verify_figures(settings: Settings, only: tuple[str, ...] = (),
     rec = verify(settings, only=only, isolation=isolation)
     wall = time.monotonic() - started
     if not verdict(rec).ok:
-        raise LabError("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
+        raise VerifyFailed("verify did not meet its expectations during the benchmark; see reports/latest/verify.json")
     guest = sum(s.guest_seconds or 0.0 for s in rec.steps)
     return wall, guest, rec
 

@@ -1,13 +1,15 @@
 """lab.matrix: one scenario over several targets. For each target: bring its lab up (or use it when
-it is up), verify, destroy it unless kept; a target that cannot be built here is "not run" with its
-reason. With jobs > 1, that many labs run side by side, each writing its output into its own log.
-Then one combined record (matrix.json) in its own directory, rendered by lab.report.matrix."""
+it is up), verify, destroy it unless kept; a target whose sources do not answer from this host (a
+probe made now) is "not run" with what the probe found. With jobs > 1, that many labs run side by
+side, each writing its output into its own log. Then one combined record (matrix.json) in its own
+directory, rendered by lab.report.matrix."""
 
 from __future__ import annotations
 
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from lab.config.targets import get_target
 from lab.core import console, paths
 from lab.core.errors import LabError, TestbedError
 from lab.core.files import write_files
+from lab.host.probes import sources_silent
+from lab.images.build import cached_box
 from lab.machine import lifecycle, state
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
-from lab.run.record import RunRecord
+from lab.run.record import RecordError, RunRecord
 from lab.run.verdict import verdict
 from lab.run.verify import verify
 
@@ -31,11 +35,12 @@ def matrix_root(scenario_id: str, project_dir: Path | None = None) -> Path:
     return paths.state_root(project_dir) / MATRIX_DIR / scenario_id
 
 
-def _why_not(settings: Settings) -> str:
-    target = settings.target_data
-    if settings.box or target.buildable_here:
-        return ""
-    return target.why_not or f"target {target.name} cannot be built on this host"
+def why_not(settings: Settings) -> str:
+    """Why a lab of these settings cannot run from this host, as a probe finds it now ("" when it
+    can): each source its target downloads (Target.sources), the build's only while there is no box
+    (settings.box, or the cache has it), must answer at one of its URLs."""
+    has_box = bool(settings.box) or cached_box(settings).path.is_file()
+    return sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box)
 
 
 def _cell(settings: Settings, rec: RunRecord) -> dict:
@@ -123,8 +128,9 @@ def _logged(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: e
 def _on_host(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
     """_one on a host of the pool (the one its lab is up on, if it is); the cell says which host.
     A lab that failed on a host that then no longer answers takes that host out of the pool."""
-    if _why_not(s):
-        return _one(s, target, keep, publish_run)
+    why = why_not(s)
+    if why:
+        return _one(s, target, keep, publish_run, why)
     try:
         with pool.slot(target, _pinned(s)) as host:
             return _on(pool, replace(s, libvirt_uri=host.uri), host, target, keep, publish_run)
@@ -148,7 +154,8 @@ def _on(pool: HostPool, s: Settings, host: Host, target: str, keep: bool,
 
 def _pinned(s: Settings) -> str:
     """The libvirt URI a lab that is already up runs on ("" when it is not up here)."""
-    if state.read(paths.lab_dir(s.name)).phase not in state.READY:
+    st, _ = state.peek(paths.lab_dir(s.name))
+    if st is None or st.phase not in state.READY:
         return ""
     try:
         return lifecycle.load_lab(s.name).libvirt_uri
@@ -156,28 +163,32 @@ def _pinned(s: Settings) -> str:
         return ""
 
 
-def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None) -> dict:
+def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | None, why: str = "") -> dict:
+    """One cell: not run (why, from why_not()), or up, verify, destroy (unless kept), timed."""
     cell: dict = {"target": target, "title": s.target_data.title, "name": s.name, "status": "not run", "ok": False,
                   "why": "", "seconds": {"up": 0.0, "verify": 0.0, "destroy": 0.0, "total": 0.0}, "tries": {}}
     began = time.monotonic()
-    why = _why_not(s)
     if why:
         cell["why"] = why
         console.info(f"  [yellow]not run[/]: {why}")
         return cell
     lab = paths.lab_dir(s.name)
-    was_up = state.read(lab).phase in state.READY
+    st, _ = state.peek(lab)  # a damaged state.json fails this cell in lifecycle.up, not the matrix
+    was_up = st is not None and st.phase in state.READY
     brought_up = False
     try:
         t = time.monotonic()
         lifecycle.up(s)
         brought_up = not was_up
         cell["seconds"]["up"] = round(time.monotonic() - t, 1)
-        t = time.monotonic()
+        t, since = time.monotonic(), time.time()
         try:
             rec = verify(s, publish=publish_run)
         except LabError:
-            cell.update(_cell(s, record.load(_newest_run(lab))))
+            ran = _newest_run(lab, since)
+            if ran is not None:  # the verify got far enough to record its run
+                with suppress(RecordError):
+                    cell.update(_cell(s, record.load(ran)))
             raise
         finally:
             cell["seconds"]["verify"] = round(time.monotonic() - t, 1)
@@ -198,9 +209,12 @@ def _one(s: Settings, target: str, keep: bool, publish_run: engine.Publish | Non
     return cell
 
 
-def _newest_run(lab: paths.LabDir) -> Path:
-    runs = [p for p in lab.reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / record.RECORD).exists()]
-    return max(runs, key=lambda p: (p / record.RECORD).stat().st_mtime)
+def _newest_run(lab: paths.LabDir, since: float) -> Path | None:
+    """The lab's run directory whose record was written last, at or after since (a time.time()); None
+    when no run recorded since then (a verify that failed before it began)."""
+    runs = [p for p in lab.reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / record.RECORD).exists()
+            and (p / record.RECORD).stat().st_mtime >= since] if lab.reports.is_dir() else []
+    return max(runs, key=lambda p: (p / record.RECORD).stat().st_mtime, default=None)
 
 
 def _write(root: Path, where: Path, rec: dict) -> None:
