@@ -425,9 +425,7 @@ def waits(t: Try, target: str) -> tuple[Wait, ...]:
 
 def exit_codes(value: Any) -> str | tuple[int, ...]:
     """A try's `exit` on one target, normalised: "zero", "non-zero", "any" or a tuple of codes."""
-    if isinstance(value, bool):
-        raise TypeError(value)
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, list):
         return tuple(value)
