@@ -123,6 +123,9 @@ INTERNAL = {
     "_ScriptFailed": "lab/images/layer.py: a provisioning script that failed, caught by the layer's build "
                      "(it becomes ProvisionFailed)",
     "KeyboardInterrupt": "lab/cli/tasks.py: SIGTERM as Ctrl-C, exit 130",
+    "IndexUnavailable": "lab/render/debindex.py: lab.render.check turns it into a note (what was not checked)",
+    "TtyError": "lab/run/vias.py: run_tty turns it into a TestbedError (command_failed)",
+    "TtyEnded": "lab/run/vias.py: run_tty records the ended login as the command's result (exit 1)",
 }
 # Raises whose error is built elsewhere (a function returning the error, or one already caught).
 PASSED_ON = {"failed", "command_failed", "failures[0]", "self.broken", "error or TestbedError", "exc", "gone",

@@ -67,7 +67,7 @@ MISTAKES = [
     ("unknown via", 'via = "ssh", user', 'via = "telnet", user', None, "via"),
     ("not valid TOML", 'id = "bad"', 'id = "bad', 'id = "bad', "not valid TOML"),
     ("template uses an undefined value", 'title = "log in as {{ vars.user }}', 'title = "log in as {{ vars.usr }}',
-     None, "fixes[0].title: 'dict object' has no attribute 'usr'"),
+     None, "fixes[ssh-login].title: 'dict object' has no attribute 'usr'"),
     ("required key missing", '[baseline]\nstart', '[baseline]\nstrat', None, "start"),
     ("fix id not allowed", 'id = "ssh-login"', 'id = "SSH login"', None, "fixes[0].id"),
 ]
@@ -98,7 +98,7 @@ def test_a_script_shellcheck_rejects_is_named_with_its_line(tmp_path: Path) -> N
     (folder / "teardown.sh").write_text("#!/bin/bash\nuser={{ vars.user|sh }}\nrm -rf $user/*\n")
     result = invoke(tmp_path, "lab.check", "--scenario", str(folder), "--target", "bookworm")
     assert result.returncode == 2
-    assert re.search(r"teardown\.sh \(as rendered for the lab\):3:\d+: warning: .*(SC2115|SC2086)", result.stderr), \
+    assert re.search(rf"{re.escape(str(folder))}/teardown\.sh:3: warning: .*(SC2115|SC2086)", result.stderr), \
         result.stderr
 
 
@@ -136,3 +136,149 @@ def test_scenarios_lists_every_shipped_one(tmp_path: Path) -> None:
     for sid in sc.shipped():
         assert sid in result.stdout
     assert "pam-cgfs" in result.stdout
+
+
+# --- lab.check's catches before any VM boots (issue 20, and 25 item 4): one case each -------------
+# (what is caught, old text of the scaffold's scenario.toml, new text, extra files, words that must be in
+# the one line that says it, text on the line of scenario.toml it must name (or None))
+BASE_START = (r'''start = { command = "sh -c 'grep \"user-$(id -u).slice\" /proc/self/cgroup'", '''
+              'via = "sudo", user = "appuser" }')
+CATCHES = [
+    ("a package the release does not have", "[targets.bookworm]\npackages = []",
+     '[targets.bookworm]\npackages = ["lxc-templatez"]', {},
+     ["'lxc-templatez' is not a package of Debian bookworm", "did you mean 'lxc-templates'"], "lxc-templatez"),
+    ("a non-zero exit through a via that always exits 0", 'via = "ssh", user = "appuser" }\nexpect = "own-slice"',
+     'via = "machinectl", user = "appuser" }\nexpect = "own-slice"\nexit = 1', {},
+     ["always 0", "machinectl"], None),
+    ("an evidence command reading a v1 path on cgroup v2", '{ command = "cat /proc/self/cgroup" },',
+     '{ command = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes" },', {},
+     ["/sys/fs/cgroup/memory does not exist on bookworm-unified", "will fail"],
+     "memory.limit_in_bytes"),
+    ("a program no package of the box ships", '{ command = "cat /proc/self/cgroup" },',
+     '{ command = "lxc-ls --active" },', {},
+     ["'lxc-ls' is not in the box", "lxc", "add it to targets.bookworm.packages"], "lxc-ls --active"),
+    ("evidence that differs only by chance", '''expect = "same"
+commands = [
+  { command = "cat /proc/self/cgroup" },
+  { command = "cat /proc/self/cgroup", via = "sudo", user = "appuser" },''', '''expect = "differ"
+commands = [
+  { command = "cat /proc/self/cgroup" },
+  { command = "cat /proc/self/cgroup" },''',
+     {}, ["differ only by chance"], None),
+    ("a catch-all rule before others", '''rules = [
+  { outcome = "own-slice", when = { exit_code = "^0$" } },
+  { outcome = "in-admin-session" },
+]''', '''rules = [
+  { outcome = "in-admin-session" },
+  { outcome = "own-slice", when = { exit_code = "^0$" } },
+]''', {}, ["matches everything", "can never match; put it last"], None),
+    ("a rule field without an observe script", '{ exit_code = "^0$" }', '{ slice = "^user" }', {},
+     ["field 'slice': there is no observe script", "can never match"], None),
+    ("a rule field the observe script never prints",
+     '[observe]\nrules = [\n  { outcome = "own-slice", when = { exit_code = "^0$" } },',
+     '[observe]\nscript = "observe.sh"\nrules = [\n  { outcome = "own-slice", when = { slice = "^user" } },',
+     {"observe.sh": "#!/bin/bash\necho \"cgroup=$(cat /proc/self/cgroup)\"\n"},
+     ["never printed", "observe.sh"], None),
+    ("template text in a value", 'user = "appuser"\n', 'user = "appuser"\nwho = "{{ vars.user }}"\n', {},
+     ["vars.who", "is a value, not a template"], None),
+    ("${#var} in a script", "", "", {"teardown.sh": "#!/bin/bash\nx=abc\necho ${#x}\n"},
+     ["`{#` opens a jinja2 comment", "{% raw %}", "teardown.sh:3"], None),
+    ("a key given as a value and then per target", "grep finds no line with {{ vars.user }}'s own.\"",
+     "grep finds no line with {{ vars.user }}'s own.\"\nwhy.bookworm = \"x\"", {},
+     ["why.bookworm: 'why' already has a value (line", "per-target values"], "why.bookworm"),
+    ("an undefined var in a fix names the fix and the vars", 'title = "log in as {{ vars.user }}',
+     'title = "log in as {{ vars.usr }}', {}, ["fixes[ssh-login].title", "vars defined here: user"], None),
+    ("run0 on a target whose systemd lacks it", BASE_START,
+     BASE_START.replace('via = "sudo"', 'via = "run0"'), {},
+     ["via = 'run0' on bookworm: it came with systemd 256, bookworm has systemd 252"], None),
+    ("cron without the cron package", BASE_START, BASE_START.replace('via = "sudo"', 'via = "cron"'), {},
+     ["via = 'cron' needs the package 'cron' on bookworm:"], None),
+    ("a key that cannot differ by target", 'own-slice = { words = "runs in the user\'s own slice" }',
+     'own-slice = { words = { bookworm = "x", "*" = "y" } }', {}, ["cannot differ by target"], "own-slice = {"),
+    ("a control that shows the bug", '[[fixes]]\nid = "ssh-login"', '[[controls]]\nid = "sudo-again"\n'
+     'title = "t"\nexpect = "in-admin-session"\n\n[[fixes]]\nid = "ssh-login"', {},
+     ["a control must not show the bug", "controls[sudo-again]", "on bookworm,"], None),
+    ("bash -n on a provisioning script", "", "", {"provision/prepare.sh": "#!/bin/bash\nif true; then\n  echo x\n"},
+     ["provision/prepare.sh", "bash -n: syntax error"], None),
+    ("a provisioning script runs a program the box lacks", "", "",
+     {"provision/prepare.sh": "#!/bin/bash\nset -e\nlxc-create -t busybox -n c1\n"},
+     ["provision/prepare.sh:3", "'lxc-create' is not in the box on bookworm:"], None),
+    ("a templated user that renders to no user of the scenario", "", "", {}, [], None),
+    ("a file outside the scenario and its shared folder", 'script = "provision/prepare.sh"',
+     'script = "../../outside.sh"', {}, ["points outside the scenario folder and its shared folder"], None),
+    ("a program of /usr/local/bin run by cron without its path", BASE_START,
+     BASE_START.replace('via = "sudo"', 'via = "cron"').replace(
+         "sh -c 'grep \\\"user-$(id -u).slice\\\" /proc/self/cgroup'", "lab-tool --now"),
+     {"provision/prepare.sh": "#!/bin/bash\nprintf '#!/bin/sh\\necho hi\\n' > /usr/local/bin/lab-tool\n",
+      "__cron__": ""},
+     ["'lab-tool' is made in /usr/local/bin, which is not on cron's PATH", "write its full path"], None),
+    ("a login-shell via for a nologin user", 'unprivileged = ["appuser"]',
+     'unprivileged = [{ name = "appuser", shell = "/usr/sbin/nologin" }]', {},
+     ["runs appuser's login shell, /usr/sbin/nologin, which refuses"], None),
+]
+# the templated user case: its user renders to a name the scenario does not have
+CATCHES[18] = (CATCHES[18][0], BASE_START, BASE_START.replace('user = "appuser"', 'user = "{{ vars.other }}"'),
+               {"__vars__": ""}, ["baseline.start.user", "'nobody2' (as rendered) is not a user of the scenario"],
+               None)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("what", "old", "new", "files", "says", "on_line"), CATCHES, ids=[c[0] for c in CATCHES])
+def test_lab_check_catches_before_any_vm(tmp_path: Path, what: str, old: str, new: str, files: dict[str, str],
+                                         says: list[str], on_line: str | None) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(SCAFFOLD, folder)
+    toml = folder / "scenario.toml"
+    text = toml.read_text().replace("SCENARIO_ID", "bad")
+    if "__vars__" in files:
+        text = text.replace('user = "appuser"\n', 'user = "appuser"\nother = "nobody2"\n', 1)
+    if "__cron__" in files:
+        text = text.replace("packages = []", 'packages = ["cron"]')
+    if old:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    toml.write_text(text)
+    for rel, content in files.items():
+        if not rel.startswith("__"):
+            (folder / rel).write_text(content)
+    result = invoke(tmp_path, "lab.check", "--scenario", str(folder))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "Traceback" not in out
+    lines = [line for line in result.stderr.splitlines() if all(s in line for s in says)]
+    assert len(lines) == 1, (says, result.stderr)
+    if on_line is not None:
+        assert f"scenario.toml:{line_of(folder, on_line)}" in lines[0], lines[0]
+
+
+@pytest.mark.integration
+def test_a_shellcheck_finding_in_an_inherited_command_is_said_once_at_its_line(tmp_path: Path) -> None:
+    """The baseline's start, inherited by two fixes, on two targets: one line, at scenario.toml's line."""
+    folder = folder_with(tmp_path, BASE_START,
+                         '''start = { command = "cd /tmp; sh -c 'grep \\"user-$(id -u).slice\\" /proc/self/cgroup'", '''
+                         '''via = "sudo", user = "appuser" }''')
+    toml = folder / "scenario.toml"
+    toml.write_text(toml.read_text() + '\n[[fixes]]\nid = "again"\ntitle = "t"\nexpect = "in-admin-session"\n'
+                    '\n[[fixes]]\nid = "again2"\ntitle = "t"\nexpect = "in-admin-session"\n')
+    result = invoke(tmp_path, "lab.check", "--scenario", str(folder))
+    assert result.returncode == 2
+    found = [line for line in result.stderr.splitlines() if "SC2164" in line]
+    assert len(found) == 1, result.stderr
+    assert f"scenario.toml:{line_of(folder, 'cd /tmp;')}: baseline.start.command" in found[0]
+    assert found[0].startswith("error: [bookworm, bookworm-unified]"), found[0]
+
+
+@pytest.mark.integration
+def test_an_unreachable_mirror_is_said_and_not_a_problem_of_the_scenario(tmp_path: Path) -> None:
+    """Without the package index (a mirror that refuses: a closed port on loopback), lab.check says
+    what it could not check and still passes a scenario that is fine otherwise."""
+    folder = folder_with(tmp_path, 'id = "bad"', 'id = "fine"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    env.update(COLUMNS="250", LAB_DEBIAN_MIRROR="http://127.0.0.1:9/debian",
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "lab.check", "--scenario", str(folder)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "packages and commands not checked: the package index could not be read" in out
+    assert "127.0.0.1:9" in out

@@ -198,7 +198,11 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
     now = _now(target, scenario, provider=provider, name=name, libvirt_uri=libvirt_uri, config=config)
     was_up = lifecycle.hold_settings(s.name, now)
-    _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None)
+    notes: list[str] = []
+    _, problems = check(s.scenario, targets=(s.target,), shellcheck=shutil.which("shellcheck") is not None,
+                        mirror=s.debian_mirror, notes=notes)
+    for line in notes:
+        console.info(f"[yellow]note: {line}[/]")
     if problems:
         for line in problems:
             console.error(line)
@@ -377,7 +381,8 @@ def scenarios(c):
         default = "  [dim](default)[/]" if sid == sc.DEFAULT_SCENARIO else ""
         console.info(f"[bold cyan]{sid}[/]  {s.model.title}{default}")
         for target in s.target_names:
-            fixes = ", ".join(f.id for f in s.fixes_for(target)) or "no fixes"
+            fixes = ", ".join(f.id if s.kind(f) == "fix" else f"{f.id} ({s.kind(f)})"
+                              for f in s.fixes_for(target)) or "no fixes"
             console.info(f"   ↳ {target}: {fixes}")
 
 
@@ -388,8 +393,12 @@ def check(c, scenario=None, target=None):
     """Validate a scenario before any VM exists: schema, templates for every target, shellcheck."""
     from lab.render.check import check as run_check
 
-    ref = scenario or _settings().scenario
-    found, problems = run_check(ref, targets=(target,) if target else ())
+    settings = _settings()
+    ref = scenario or settings.scenario
+    notes: list[str] = []
+    found, problems = run_check(ref, targets=(target,) if target else (), mirror=settings.debian_mirror, notes=notes)
+    for line in notes:
+        console.info(f"[yellow]note: {line}[/]")
     for line in problems:
         console.error(line)
     if problems:

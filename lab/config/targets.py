@@ -51,6 +51,7 @@ class Target:
     box_builder: str  # "mmdebstrap" (Debian's mirror + Packer) or "iso" (Packer from the ISO)
     providers: tuple[str, ...]
     cgroup_layout: str  # legacy, hybrid or unified
+    systemd: int  # systemd's major version in the release; 0 where there is none (trusty: upstart)
     kernel_package: str
     kernel_prefix: str
     kernel_cmdline: str

@@ -3,6 +3,7 @@ resolved, so the runner executes data and lab.check can inspect exactly what wou
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ class PlannedCommand:
     """A command as the user types it (shown) and how the runner carries it out.
 
     channel: "admin" (the admin's persistent login shell), "root" (root's persistent shell through
-    sudo) or "ssh" (a fresh SSH login as user); run is the text given to that channel."""
+    sudo), "ssh" (a fresh SSH login as user), "cron" (a job in user's crontab) or "tty" (a login at a
+    terminal): the last two are carried out by lab.run.vias; run is the text given to the channel."""
 
     shown: str
     run: str
@@ -28,6 +30,8 @@ class PlannedCommand:
     via: str
     title: str = ""
     why: str = ""
+    typed: str = ""  # the user's command itself, before any wrapping (lab.check's shellcheck reads it)
+    source: str = ""  # the key path it came from (fixes[cgm].start.command)
 
 
 @dataclass(frozen=True)
@@ -39,22 +43,49 @@ class PlannedScript:
 
 
 @dataclass(frozen=True)
+class PlannedWait:
+    """Poll command (as root) until its output matches until, at most seconds, every `every` s."""
+
+    command: str
+    until: str
+    seconds: float
+    every: float
+    title: str = ""
+
+
+@dataclass(frozen=True)
 class PlannedTry:
-    """The baseline or one fix on this target."""
+    """The baseline, a variant, a control or a fix on this target.
+
+    exit: what the start command's exit status must be: "zero", "non-zero", "any" or a tuple of
+    codes (apart from the outcome); timeout: seconds for the start command (None: the setting)."""
 
     id: str
     title: str
     why: str
     expected: str
-    failure: bool  # the expected outcome is a failure: the start is expected to exit non-zero
+    failure: bool  # the expected outcome is one the scenario calls a failure
     signatures: tuple[str, ...]
     start: PlannedCommand
     apply: PlannedScript | None = None
     revert: PlannedScript | None = None
+    kind: str = "fix"  # baseline, variant, control or fix
+    exit: str | tuple[int, ...] = "any"
+    waits: tuple[PlannedWait, ...] = ()
+    timeout: int | None = None
+
+    @property
+    def exit_expected(self) -> str:
+        """The start step's expectation as the record words it: succeed, fail, any or "exit 0, 3"."""
+        if isinstance(self.exit, tuple):
+            return "exit " + ", ".join(map(str, self.exit))
+        return {"zero": "succeed", "non-zero": "fail"}.get(self.exit, "any")
 
 
 @dataclass(frozen=True)
 class PlannedEvidence:
+    """One evidence block on this target: its commands' outputs are shown side by side."""
+
     title: str
     why: str
     expect: str
@@ -110,9 +141,11 @@ def script_file(try_id: str, phase: str) -> str:
     return f"fixes/{try_id}-{phase}.sh"
 
 
-def wrap(command: str, via: str, user: str, lab_name: str) -> tuple[str, str, str]:
-    """(shown, run, channel) for a command typed through an identity (see config.scenario.Command)."""
+def wrap(command: str, via: str, user: str, lab_name: str, pam: str = "",
+         properties: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """(shown, run, channel) for a command typed through an identity (lab.config.vias)."""
     q = shlex.quote
+    props = "".join(f" -p {q(p)}" for p in properties)
     if via == "login":
         return command, command, "admin"
     if via == "root":
@@ -124,6 +157,20 @@ def wrap(command: str, via: str, user: str, lab_name: str) -> tuple[str, str, st
         line = f"sudo su {q(user)} -c {q(command)}"
     elif via == "su-login":
         line = f"sudo su - {q(user)} -c {q(command)}"
+    elif via == "runuser":
+        line = f"sudo runuser -u {q(user)} -- sh -c {q(command)}"
+    elif via == "runuser-login":
+        line = f"sudo runuser -l {q(user)} -c {q(command)}"
+    elif via == "setpriv":
+        line = f"sudo setpriv --reuid={q(user)} --regid={q(user)} --init-groups --reset-env sh -c {q(command)}"
+    elif via == "unit":
+        # a transient system service, as systemd starts a daemon: --wait returns the service's exit
+        # status, --pipe connects its output to ours (systemd-run(1))
+        pam_prop = f" -p PAMName={q(pam)}" if pam else ""
+        line = (f"sudo systemd-run --quiet --collect --wait --pipe -p User={q(user)}{pam_prop}{props} "
+                f"sh -c {q(command)}")
+    elif via == "run0":
+        line = f"sudo run0 --user={q(user)}{props.replace(' -p ', ' --property=')} sh -c {q(command)}"
     elif via == "machinectl":
         # machinectl shell needs a terminal: without one it ends at once, printing nothing
         # (measured on systemd 252). script(1) gives it one; its exit code is always 0.
@@ -131,6 +178,10 @@ def wrap(command: str, via: str, user: str, lab_name: str) -> tuple[str, str, st
         return line, f"script -qec {q(line)} /dev/null", "admin"
     elif via == "ssh":
         return f"ssh {user}@{lab_name} {command}", command, "ssh"
+    elif via == "cron":
+        return f"@reboot {command}    # in {user}'s crontab, run by cron", command, "cron"
+    elif via == "tty":
+        return f"{user}@console$ {command}", command, "tty"
     else:
         raise ValueError(f"unknown via {via!r}")
     return line, line, "admin"
@@ -147,36 +198,83 @@ class Renderer:
         self.ctx = context(settings, facts)
         self.file = self.scenario.file
 
+    def _defined(self, extra: dict[str, Any] | None) -> str:
+        names = sorted(self.ctx["vars"])
+        fix_vars = sorted(((extra or {}).get("fix") or {}).get("vars") or {})
+        return (f"vars defined here: {', '.join(names) or 'none'}"
+                + (f"; fix.vars: {', '.join(fix_vars)}" if extra and "fix" in extra else ""))
+
     def text(self, value: Any, where: str, extra: dict[str, Any] | None = None) -> str:
         value = sc.per_target(value, self.target, "")
-        return render_string(self.env, str(value), {**self.ctx, **(extra or {})}, f"{self.file}: {where}").strip()
+        try:
+            return render_string(self.env, str(value), {**self.ctx, **(extra or {})},
+                                 f"{self.file}: {where}").strip()
+        except LabError as exc:
+            if "has no attribute" in exc.message or "is undefined" in exc.message:
+                raise LabError(exc.message, hint=self._defined(extra)) from None
+            raise
 
-    def script(self, rel: str, where: str, extra: dict[str, Any] | None = None) -> PlannedScript | None:
+    def script(self, rel: Any, where: str, extra: dict[str, Any] | None = None) -> PlannedScript | None:
+        rel = sc.per_target(rel, self.target, "")
         if not rel:
             return None
-        text = render_file(self.env, rel, {**self.ctx, **(extra or {})}, where=f"{self.file}: {where}")
+        name = sc.template_name(self.scenario.folder, rel)
+        text = render_file(self.env, name, {**self.ctx, **(extra or {})}, where=f"{self.file}: {where}")
         return PlannedScript(rel=rel, text=text)
 
-    def command(self, c: sc.Command, where: str, extra: dict[str, Any] | None = None) -> PlannedCommand:
-        typed = self.text(c.command, f"{where}.command", extra)
-        shown, run, channel = wrap(typed, c.via, c.user, self.settings.name)
-        return PlannedCommand(shown=shown, run=run, channel=channel, user=c.user or self.ctx["admin"], via=c.via,
-                              title=self.text(c.title, f"{where}.title", extra),
-                              why=self.text(c.why, f"{where}.why", extra))
+    def command(self, c: Any, where: str, extra: dict[str, Any] | None = None) -> PlannedCommand:
+        one = sc.resolve_command(c, self.target)
+        if one is None:
+            raise LabError(f"{self.file}: {where}: no command for target {self.target}")
+        typed = self.text(one.command, f"{where}.command", extra)
+        user = self.text(one.user, f"{where}.user", extra)
+        users = {self.ctx["admin"], *self.scenario.model.users.names}
+        if user and (not re.match(sc.USER, user) or user not in users):
+            raise LabError(f"{self.file}: {where}.user: {user!r} (as rendered) is not a user of the scenario "
+                           f"({', '.join(sorted(users))})")
+        pam = self.text(one.pam, f"{where}.pam", extra)
+        properties = tuple(self.text(p, f"{where}.properties[{i}]", extra) for i, p in enumerate(one.properties))
+        shown, run, channel = wrap(typed, one.via, user, self.settings.name, pam, properties)
+        return PlannedCommand(shown=shown, run=run, channel=channel, user=user or self.ctx["admin"], via=one.via,
+                              title=self.text(one.title, f"{where}.title", extra),
+                              why=self.text(one.why, f"{where}.why", extra), typed=typed, source=f"{where}.command")
 
-    def attempt(self, t: sc.Try, tid: str, where: str, baseline: sc.Baseline) -> PlannedTry:
+    def attempt(self, t: sc.Try, tid: str, where: str, baseline: sc.Baseline, kind: str) -> PlannedTry:
         fix_ctx = {"fix": {"id": tid, "vars": t.vars}}
-        start = t.start or baseline.start
+        start = t.start if t.start is not None else baseline.start
+        start_where = f"{where}.start" if t.start is not None else "baseline.start"
         expected = sc.expected(t, self.target)
         outcome = self.scenario.model.outcomes.get(expected)
+        timeout = sc.per_target(t.timeout, self.target, None)
         return PlannedTry(
             id=tid, title=self.text(t.title, f"{where}.title", fix_ctx), why=self.text(t.why, f"{where}.why", fix_ctx),
             expected=expected, failure=bool(outcome and outcome.failure),
             signatures=tuple(self.text(p, f"{where}.signature", fix_ctx) for p in sc.signatures(t, self.target)),
-            start=self.command(start, f"{where}.start", fix_ctx),
+            start=self.command(start, start_where, fix_ctx),
             apply=self.script(getattr(t, "apply", ""), f"{where}.apply", fix_ctx),
             revert=self.script(getattr(t, "revert", ""), f"{where}.revert", fix_ctx),
+            kind=kind, exit=sc.exit_codes(sc.per_target(t.exit, self.target, "any")),
+            waits=tuple(PlannedWait(command=self.text(w.command, f"{where}.wait.command", fix_ctx),
+                                    until=self.text(w.until, f"{where}.wait.until", fix_ctx), seconds=w.seconds,
+                                    every=w.every, title=self.text(w.title, f"{where}.wait.title", fix_ctx))
+                        for w in sc.waits(t, self.target)),
+            timeout=timeout,
         )
+
+    def rule(self, rule: sc.Rule, where: str) -> dict[str, Any]:
+        """An observe rule with its regexes rendered (a regex that does not compile is a LabError)."""
+        out: dict[str, Any] = {"outcome": rule.outcome}
+        for part in ("when", "unless"):
+            out[part] = {}
+            for field_name, regex in getattr(rule, part).items():
+                text = self.text(regex, f"{where}.{part}.{field_name}")
+                try:
+                    re.compile(text)
+                except re.error as exc:
+                    raise LabError(f"{self.file}: {where}.{part}.{field_name}: regex {text!r} (as rendered) does "
+                                   f"not compile: {exc}") from None
+                out[part][field_name] = text
+        return out
 
 
 def plan(settings: Settings, facts: LabFacts) -> Plan:
@@ -184,21 +282,31 @@ def plan(settings: Settings, facts: LabFacts) -> Plan:
     r = Renderer(settings, facts)
     m = r.scenario.model
     spec = m.targets[r.target]
-    evidence = tuple(
-        PlannedEvidence(title=r.text(ev.title, f"evidence[{i}].title"), why=r.text(ev.why, f"evidence[{i}].why"),
-                        expect=ev.expect,
-                        commands=tuple(r.command(c, f"evidence[{i}].commands[{j}]") for j, c in enumerate(ev.commands)))
-        for i, ev in enumerate(m.evidence))
-    fixes = tuple(r.attempt(f, f.id, f"fixes[{m.fixes.index(f)}]", m.baseline)
-                  for f in r.scenario.fixes_for(r.target))
+    by_target = isinstance(m.evidence, dict)
+    evidence = []
+    for i, ev in r.scenario.evidence_for(r.target):
+        where = f"evidence.{r.target}[{i}]" if by_target else f"evidence[{i}]"
+        commands = sc.per_target(ev.commands, r.target, []) or []
+        evidence.append(PlannedEvidence(
+            title=r.text(ev.title, f"{where}.title"), why=r.text(ev.why, f"{where}.why"),
+            expect=str(sc.per_target(ev.expect, r.target, "same")),
+            commands=tuple(r.command(c, f"{where}.commands[{j}]") for j, c in enumerate(commands))))
+    kinds = {id(f): (kind, i) for kind, i, f in m.tries()}
+    fixes = []
+    for f in r.scenario.fixes_for(r.target):
+        kind, i = kinds[id(f)]
+        fixes.append(r.attempt(f, f.id, f"{'fixes' if kind == 'fix' else kind + 's'}[{f.id}]", m.baseline, kind))
     target = settings.target_data
     return Plan(
         scenario=m.id, title=r.text(m.title, "title"), explanation=r.text(m.explanation, "explanation"),
-        sources=tuple(m.sources), target=r.target, target_title=target.title, cgroup_layout=target.cgroup_layout,
-        note=r.text(spec.note, f"targets.{r.target}.note"), admin=m.users.admin, users=tuple(m.users.unprivileged),
-        versions=r.text(r.scenario.versions_for(r.target), "versions"), evidence=evidence,
+        sources=tuple(r.text(s, f"sources[{i}]") for i, s in enumerate(m.sources)), target=r.target,
+        target_title=target.title, cgroup_layout=target.cgroup_layout,
+        note=r.text(spec.note, f"targets.{r.target}.note"), admin=m.users.admin, users=m.users.names,
+        versions=r.text(r.scenario.versions_for(r.target), "versions"), evidence=tuple(evidence),
         teardown=r.script(m.teardown, "teardown"), observe=r.script(m.observe.script, "observe.script"),
-        rules=tuple(rule.model_dump() for rule in m.observe.rules),
-        outcomes={name: o.model_dump() for name, o in m.outcomes.items()},
-        baseline=r.attempt(m.baseline, "baseline", "baseline", m.baseline), fixes=fixes, isolation=m.isolation,
+        rules=tuple(r.rule(rule, f"observe.rules[{i}]") for i, rule in enumerate(m.observe.rules)),
+        outcomes={name: {**o.model_dump(), "words": r.text(o.words, f"outcomes.{name}.words")}
+                  for name, o in m.outcomes.items()},
+        baseline=r.attempt(m.baseline, "baseline", "baseline", m.baseline, "baseline"), fixes=tuple(fixes),
+        isolation=m.isolation,
     )

@@ -42,10 +42,13 @@ def rb_int(value: object) -> str:
     return str(value)
 
 
-def _environment(paths: tuple[str, ...], library: bool = False) -> jinja2.Environment:
+def _environment(paths: tuple[str, ...], library: bool = False, shared: str = "") -> jinja2.Environment:
     loader: jinja2.BaseLoader = jinja2.FileSystemLoader(list(paths))
     if library:  # the engine's snippets (templates/lib/) under the prefix lab/, after the folder's own files
-        loader = jinja2.ChoiceLoader([loader, jinja2.PrefixLoader({"lab": jinja2.FileSystemLoader(str(LIB_DIR))})])
+        prefixes: dict[str, jinja2.BaseLoader] = {"lab": jinja2.FileSystemLoader(str(LIB_DIR))}
+        if shared:  # the user's own library next to the scenario folders, as shared/NAME
+            prefixes["shared"] = jinja2.FileSystemLoader(shared)
+        loader = jinja2.ChoiceLoader([loader, jinja2.PrefixLoader(prefixes)])
     env = jinja2.Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
@@ -67,8 +70,9 @@ def environment() -> jinja2.Environment:
 @cache
 def scenario_environment(folder: Path) -> jinja2.Environment:
     """A scenario's templates: paths are relative to its folder; the engine's snippets are there
-    as lab/NAME (templates/lib/NAME)."""
-    return _environment((str(folder),), library=True)
+    as lab/NAME (templates/lib/NAME), the user's own library (the folder `shared` next to the
+    scenario's) as shared/NAME."""
+    return _environment((str(folder),), library=True, shared=str(folder.resolve().parent / "shared"))
 
 
 def render_file(env: jinja2.Environment, name: str, ctx: dict[str, Any], where: str = "") -> str:
@@ -78,7 +82,8 @@ def render_file(env: jinja2.Environment, name: str, ctx: dict[str, Any], where: 
     except jinja2.TemplateNotFound as exc:
         raise LabError(f"template {exc.name} not found", hint=where or "check the file name") from None
     except jinja2.TemplateSyntaxError as exc:
-        raise LabError(f"{exc.filename or name}:{exc.lineno}: template syntax error: {exc.message}") from None
+        raise LabError(f"{_path(env, exc.name or name)}:{exc.lineno}: template syntax error: {exc.message}"
+                       f"{_comment_hint(exc)}") from None
     except jinja2.UndefinedError as exc:
         raise LabError(f"{name}:{_line(exc, name)}: {exc.message}",
                        hint="a template uses a value the lab does not set") from None
@@ -89,9 +94,26 @@ def render_string(env: jinja2.Environment, text: str, ctx: dict[str, Any], where
     try:
         return env.from_string(text).render(ctx)
     except jinja2.TemplateSyntaxError as exc:
-        raise LabError(f"{where}: template syntax error: {exc.message}") from None
+        raise LabError(f"{where}: template syntax error: {exc.message}{_comment_hint(exc)}") from None
     except jinja2.UndefinedError as exc:
         raise LabError(f"{where}: {exc.message}", hint="a template uses a value the scenario does not set") from None
+
+
+def _path(env: jinja2.Environment, name: str) -> str:
+    """The file a template name was loaded from (the name itself if the loader cannot say)."""
+    try:
+        assert env.loader is not None
+        return env.loader.get_source(env, name)[1] or name
+    except (jinja2.TemplateNotFound, AssertionError):
+        return name
+
+
+def _comment_hint(exc: jinja2.TemplateSyntaxError) -> str:
+    """Shell's ${#var} (and any other `{#`) opens a jinja2 comment: say so and how to keep it."""
+    if "comment" in (exc.message or ""):
+        return (" (`{#` opens a jinja2 comment, as in the shell's ${#var}: keep such shell text as it is with "
+                "{% raw %}...{% endraw %})")
+    return ""
 
 
 def _line(exc: BaseException, name: str) -> str:

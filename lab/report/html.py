@@ -143,7 +143,8 @@ KIND_WORDS = {"baseline": "the bug", "fix": "fix", "variant": "variant: another 
 
 def expectation(step: StepRecord) -> str:
     """What a step's exit status was expected to be, in words."""
-    return {"fail": "expected to fail", "any": "any exit status"}.get(step.expected, "expected to succeed")
+    return {"fail": "expected to fail", "any": "any exit status"}.get(
+        step.expected, f"expected to {step.expected}" if step.expected.startswith("exit ") else "expected to succeed")
 
 
 def listing(ev: EvidenceRecord) -> list[list[str]]:

@@ -38,8 +38,8 @@ def step_case(suite: ET.Element, classname: str, step: StepRecord) -> bool:
     """One testcase for a step; True when it passed."""
     case = child(suite, "testcase", name=step.id, classname=classname, time=seconds(step.seconds))
     if not step.ok:
-        expected = {"fail": "fail (non-zero exit)", "any": "end (any exit status)"}.get(step.expected,
-                                                                                       "succeed (exit 0)")
+        expected = {"fail": "fail (non-zero exit)", "any": "end (any exit status)"}.get(
+            step.expected, step.expected if step.expected.startswith("exit ") else "succeed (exit 0)")
         message = f"expected to {expected}; exited {step.exit_code}"
         child(case, "failure", f"{step.user}$ {step.command}\nexpected: {expected}\n"
               f"observed: exit {step.exit_code}\n{step.note}".rstrip(), message=message, type="StepNotAsExpected")

@@ -53,7 +53,8 @@ def mark(ok: bool) -> str:
 
 def step_block(step: StepRecord) -> list[str]:
     lines = fence([f"{step.user}$ {step.command}", *trim(output_lines(step))])
-    expectation = {"fail": "expected to fail", "any": "any exit status"}.get(step.expected, "expected to succeed")
+    expectation = {"fail": "expected to fail", "any": "any exit status"}.get(
+        step.expected, f"expected to {step.expected}" if step.expected.startswith("exit ") else "expected to succeed")
     lines.append(f"exit {step.exit_code} in {step.seconds:.2f} s — {expectation}: {mark(step.ok)}")
     return lines
 

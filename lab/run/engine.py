@@ -25,6 +25,8 @@ reverse order.
 from __future__ import annotations
 
 import contextvars
+import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,8 +40,8 @@ from lab.core.errors import LabError, TestbedError
 from lab.remote.port import Ports, PortShell
 from lab.remote.shell import Shell
 from lab.remote.ssh import CommandResult, Endpoint, Remote
-from lab.render.plan import Plan, PlannedCommand, PlannedScript, PlannedTry, script_file
-from lab.run import judge, record
+from lab.render.plan import Plan, PlannedCommand, PlannedScript, PlannedTry, PlannedWait, script_file
+from lab.run import judge, record, vias
 from lab.run.live import Live, Stop
 from lab.run.record import EvidenceRecord, Revert, RunRecord, ScenarioInfo, StepRecord, TryRecord
 from lab.run.verdict import ERROR, finish
@@ -90,8 +92,8 @@ class KeptFailing(Exception):
 def step_record(id: str, title: str, result: CommandResult, expected: str, started: float, why: str = "",
                 shown: str | None = None, user: str | None = None) -> StepRecord:
     """A StepRecord from a command's result; ok when its exit status is what `expected` says
-    ("succeed": 0, "fail": non-zero, "any")."""
-    ok = {"succeed": result.succeeded, "fail": result.failed}.get(expected, True)
+    ("succeed": 0, "fail": non-zero, "any", "exit 0, 3": one of those; judge.exit_ok)."""
+    ok = judge.exit_ok(expected, result.exit_code)
     return StepRecord(id=id, title=title, command=shown or result.command, user=user or result.user,
                       expected=expected,  # type: ignore[arg-type]
                       exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
@@ -232,13 +234,14 @@ class Runner:
                 self.broken = gone  # the VM itself is gone: no cleanup can reach it
             raise
 
-    def _login_as(self, user: str, command: str, step: str) -> CommandResult:
+    def _login_as(self, user: str, command: str, step: str, timeout: float | None = None) -> CommandResult:
         """A fresh SSH login as user (its own PAM and logind session), one command, then logout."""
         admin = self.remote or self.testbed.connect()  # for its endpoint and known_hosts (not connected)
         ep = admin.endpoint
         login = Endpoint(host=ep.host, port=ep.port, user=user, key_file=ep.key_file, jump=ep.jump)
         with Remote(login, admin.known_hosts, connect_timeout=min(60, admin.connect_timeout),
-                    command_timeout=self.options.command_timeout, label=f"lab {self.testbed.name} as {user}") as r:
+                    command_timeout=timeout or self.options.command_timeout,
+                    label=f"lab {self.testbed.name} as {user}") as r:
             return r.run(command, step=step)
 
     def _step(self, id: str, title: str, shown: str, user: str, run: Callable[[], CommandResult],
@@ -255,15 +258,56 @@ class Runner:
         return step
 
     def command(self, id: str, cmd: PlannedCommand, expected: str = "succeed", quiet: bool = False,
-                title: str = "") -> StepRecord:
-        """A command as the user types it, through its channel (admin, root or a fresh SSH login)."""
+                title: str = "", timeout: float | None = None) -> StepRecord:
+        """A command as the user types it, through its channel (admin, root, a fresh SSH login, or
+        the vias lab.run.vias carries out: cron, tty); timeout: seconds (default command_timeout)."""
+        seconds = timeout or self.options.command_timeout
         if cmd.channel == "ssh":
             return self._step(id, title or cmd.title, cmd.shown, cmd.user,
-                              lambda: self._login_as(cmd.user, cmd.run, id), expected, cmd.why, quiet)
+                              lambda: self._login_as(cmd.user, cmd.run, id, seconds), expected, cmd.why, quiet)
+        # --- via hook (lab.run.vias): cron and tty ---
+        if cmd.channel == "cron":
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user,
+                              lambda: vias.run_cron(self.shell(True), cmd.user, cmd.run, id, seconds),
+                              expected, cmd.why, quiet)
+        if cmd.channel == "tty":
+            return self._step(id, title or cmd.title, cmd.shown, cmd.user, lambda: self._tty(cmd, id, seconds),
+                              expected, cmd.why, quiet)
         shell = self.shell(cmd.channel == "root")
         return self._step(id, title or cmd.title, cmd.shown, self.plan.admin,
-                          lambda: shell.run(cmd.run, step=id, timeout=self.options.command_timeout),
+                          lambda: shell.run(cmd.run, step=id, timeout=seconds),
                           expected, cmd.why, quiet)
+
+    def _tty(self, cmd: PlannedCommand, step: str, seconds: float) -> CommandResult:
+        """A terminal login (lab.run.vias.run_tty) on a channel of the admin's SSH connection (its
+        own connection when the shells are on ports)."""
+        admin = self.remote or self.testbed.connect()
+        try:
+            return vias.run_tty(admin.transport(), cmd.user, cmd.run, step, seconds,
+                                label=f"lab {self.testbed.name}", shown=cmd.shown)
+        finally:
+            if admin is not self.remote:
+                admin.close()
+
+    def wait(self, id: str, w: PlannedWait) -> tuple[StepRecord, bool]:
+        """Poll w.command as root until its output matches w.until or w.seconds pass: (the last
+        poll's step, whether it matched). Only the last poll is recorded."""
+        shell = self.shell(True)
+        deadline = time.monotonic() + w.seconds
+        while True:
+            started = time.monotonic() - self.began
+            result = self._guarded(lambda: shell.run(w.command, step=id, timeout=max(5.0, w.seconds)))
+            matched = bool(re.search(w.until, result.stdout + result.stderr, re.MULTILINE))
+            if matched or time.monotonic() + w.every > deadline:
+                break
+            time.sleep(w.every)
+        title = w.title or f"wait until {w.until!r} (at most {w.seconds:g} s)"
+        step = step_record(id, title, result, "any", started, shown=f"sudo sh -c {shlex.quote(w.command)}",
+                           user=self.plan.admin)
+        step.ok = matched
+        step.note = "" if matched else f"not matched within {w.seconds:g} s"
+        self.rec.steps.append(step)
+        return step, matched
 
     def script(self, id: str, title: str, rel: str, script: PlannedScript, quiet: bool = True) -> StepRecord:
         """A root script, fed to root's shell on stdin; shown as the `sudo bash FILE` it is."""
@@ -410,7 +454,7 @@ def _verify(r: Runner, tries: list[PlannedTry], with_baseline: bool = True) -> N
     done: list[str] = []
     for t in [p.baseline, *tries] if with_baseline else tries:
         r.live.pause(t.id, done[-1] if done else "the evidence")
-        _try(r, t, kind="baseline" if t is p.baseline else "fix")
+        _try(r, t, kind=t.kind)
         done.append(t.id)
     if tries:
         _try(r, p.baseline, kind="restored", label="baseline-restored", announce="restored baseline")
@@ -473,16 +517,23 @@ def _carry_out(r: Runner, t: PlannedTry, lid: str, rec: TryRecord) -> None:
             rec.error = f"the fix's apply script failed (exit {step.exit_code})"
             r.live.outcome(r.rec, rec)
             return
-    start = r.command(f"{lid}:start", t.start, expected="fail" if t.failure else "succeed",
-                      title=t.start.title or "the command as the admin types it")
+    start = r.command(f"{lid}:start", t.start, expected=t.exit_expected,
+                      title=t.start.title or "the command as the admin types it", timeout=t.timeout)
+    waited = [r.wait(f"{lid}:wait-{n + 1}", w) for n, w in enumerate(t.waits)]
     obs = judge.Observation()
     if p.observe:
         seen = r.script(f"{lid}:observe", "observe the outcome", p.observe.rel, p.observe)
         obs = judge.parse_observation(seen.stdout)
     observed = judge.classify(p.rules, judge.facts(obs, start))
-    matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes])
+    matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes,
+                                                      *(f"{k}={v}" for k, v in obs.fields.items())])
     rec.observed, rec.signature_matched, rec.fields, rec.notes = observed, matched, obs.fields, obs.notes[-10:]
     rec.ok = judge.judge(t.expected, observed, t.signatures, matched)
+    # exit status apart from the outcome, and waits that ran out (lab.config.scenario.Try)
+    rec.exit_code, rec.exit_ok = start.exit_code, judge.exit_ok(t.exit_expected, start.exit_code)
+    rec.wait = "; ".join(f"{s.title}: ran out; last seen: {(s.stdout + s.stderr).strip()[-200:]!r}"
+                         for s, ok in waited if not ok)
+    rec.ok = rec.ok and rec.exit_ok and not rec.wait
     start.ok = start.ok and rec.ok
     r.live.outcome(r.rec, rec)
 

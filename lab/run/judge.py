@@ -59,8 +59,21 @@ def classify(rules: Iterable[Mapping[str, Any]], fields: Mapping[str, str]) -> s
     return UNCLASSIFIED
 
 
+def exit_ok(expected: str, exit_code: int) -> bool:
+    """Whether an exit status meets a step's expectation: succeed (0), fail (non-zero), any, or
+    "exit 0, 3" (one of those codes)."""
+    if expected == "succeed":
+        return exit_code == 0
+    if expected == "fail":
+        return exit_code != 0
+    if expected.startswith("exit "):
+        return exit_code in {int(c) for c in expected.removeprefix("exit ").split(",")}
+    return True
+
+
 def matched_signatures(patterns: Iterable[str], texts: Iterable[str]) -> list[str]:
-    """The signature regexes found in the start command's output or the observed notes."""
+    """The signature regexes found in texts: the start command's stdout and stderr, the observe
+    script's notes and its fields as key=value lines (README: Signatures)."""
     blob = "\n".join(texts)
     return [p for p in patterns if re.search(p, blob, re.MULTILINE)]
 

@@ -89,7 +89,7 @@ class Live:
             raise Stop(after)
 
     def try_header(self, label: str, t: PlannedTry, announce: str = "") -> None:
-        head = announce or ("baseline: the bug" if label == "baseline" else f"fix {label}")
+        head = announce or ("baseline: the bug" if label == "baseline" else f"{t.kind} {label}")
         console.print(Panel(f"[bold]{escape(t.title)}[/]\n[dim]{escape(t.why)}[/]\n"
                             f"expected: {escape(t.expected)} ({escape(outcome_words(self.plan.outcomes, t.expected))})",
                             title=escape(head), title_align="left", expand=True))

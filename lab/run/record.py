@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,16 +43,16 @@ class Model(BaseModel):
 class StepRecord(Model):
     """One command of the run as it ran: the command as shown, who ran it, what came back.
 
-    expected: "succeed" (exit 0), "fail" (non-zero) or "any"; ok: whether it met that (and, for a
-    start command, whether its try met its expectation). seconds: wall time on the host; guest_seconds:
-    the guest's own time for it (None when the channel cannot tell); started: seconds since the run
-    began (the asciicast's clock)."""
+    expected: "succeed" (exit 0), "fail" (non-zero), "any" or "exit 0, 3" (one of those codes); ok:
+    whether it met that (and, for a start command, whether its try met its expectation). seconds:
+    wall time on the host; guest_seconds: the guest's own time for it (None when the channel cannot
+    tell); started: seconds since the run began (the asciicast's clock)."""
 
     id: str
     title: str = ""
     command: str
     user: str
-    expected: Literal["succeed", "fail", "any"] = "succeed"
+    expected: Annotated[str, Field(pattern=r"^(succeed|fail|any|exit -?\d+(, -?\d+)*)$")] = "succeed"
     exit_code: int
     stdout: str = ""
     stderr: str = ""
@@ -117,6 +117,11 @@ class TryRecord(Model):
     reverted: bool | None = None
     kept: bool = False
     error: str | None = None
+    # the start command's exit status and whether it was as the try's `exit` says; what a wait that
+    # ran out last saw (lab.config.scenario.Try: exit and wait)
+    exit_code: int | None = None
+    exit_ok: bool = True
+    wait: str = ""
 
 
 class ScenarioInfo(Model):

@@ -97,6 +97,10 @@ def try_words(rec: RunRecord, t: TryRecord) -> str:
         if t.kind == "control":
             return f"{seen}, but the control must give: {outcome_words(outcomes, t.expected)}{kept}"
         return f"{seen}, but expected: {outcome_words(outcomes, t.expected)}{kept}"
+    if t.wait:
+        return f"{seen}, as expected, but a wait ran out ({t.wait}){kept}"
+    if not t.exit_ok:
+        return f"{seen}, as expected, but the start command exited {t.exit_code}, not as the try says{kept}"
     if t.reverted is False:
         return f"{seen}, as expected, but the try could not be cleaned up or reverted"
     return f"{seen}, but without the expected failure's signature{kept}"

@@ -1,30 +1,12 @@
 #!/bin/bash
 # dbusr's unprivileged lxc setup and the container, created offline from the busybox template.
+{% from "lab/lxc.sh.j2" import lxc_user, lxc_busybox %}
 set -euo pipefail
 dbusr={{ vars.user|sh }}
 container={{ vars.container|sh }}
-home=$(getent passwd "$dbusr" | cut -d: -f6)
-uid_start=$(grep "^$dbusr:" /etc/subuid | cut -d: -f2)
-uid_count=$(grep "^$dbusr:" /etc/subuid | cut -d: -f3)
-gid_start=$(grep "^$dbusr:" /etc/subgid | cut -d: -f2)
-gid_count=$(grep "^$dbusr:" /etc/subgid | cut -d: -f3)
-
-grep -q "^$dbusr veth" /etc/lxc/lxc-usernet 2>/dev/null || printf '%s veth lxcbr0 10\n' "$dbusr" >> /etc/lxc/lxc-usernet
-
-as_user() { sudo -H -u "$dbusr" "$@"; }
-as_user mkdir -p "$home/.config/lxc" "$home/.local/share/lxc"
-chmod o+x "$home" "$home/.local" "$home/.local/share"
-idmap_key={{ vars.idmap_key|sh }}
-printf '%s = u 0 %s %s\n%s = g 0 %s %s\n' "$idmap_key" "$uid_start" "$uid_count" \
-  "$idmap_key" "$gid_start" "$gid_count" > "$home/.config/lxc/default.conf"
-chown "$dbusr:$dbusr" "$home/.config/lxc/default.conf"
-
-lxcpath="$home/.local/share/lxc"
-if [ ! -e "$lxcpath/$container/config" ]; then
-  template={{ vars.container_template|sh }}
-  echo "creating container $container (template $template), this takes a few seconds"
-  (cd / && as_user lxc-create -t "$template" -n "$container")
-fi
+{{ lxc_user(vars.user, vars.idmap_key) }}
+{{ lxc_busybox(vars.user, vars.container) }}
+lxcpath="$lxc_home/.local/share/lxc"
 config="$lxcpath/$container/config"
 sed -i '/^# cgroup-lab/,$d' "$config"
 {
