@@ -22,7 +22,7 @@ from lab.config.settings import Settings
 from lab.config.targets import get_target
 from lab.core import paths
 from lab.core.console import console
-from lab.core.errors import VerifyFailed
+from lab.core.errors import LabError, VerifyFailed
 from lab.host import libvirt, proc, storage, tools
 from lab.images.build import build, uses_layers
 from lab.machine import lifecycle, phases
@@ -166,7 +166,10 @@ def run(settings: Settings, fresh: bool = False, matrix: bool = False) -> dict:
     if figures["matrix_one_vm_s"] > 0:
         figures["matrix_speedup"] = round(figures["fresh_vm_per_fix_s"] / figures["matrix_one_vm_s"], 1)
     if matrix:
-        figures.update(matrix_figures(settings))
+        try:
+            figures.update(matrix_figures(settings))
+        except LabError as exc:  # the figures measured so far are still printed; this one is not
+            figures["matrix_error"] = exc.message
     _write(settings, figures)
     _print(figures)
     return figures
