@@ -263,13 +263,18 @@ GOALS = {
     "reset_s": ("<= 1 s", lambda f: f["reset_s"] <= 1),
     "edit_retry_s": ("<= 60 s", lambda f: f["edit_retry_s"] <= 60),
     "matrix_jobs1_s": ("< 90 s", lambda f: f["matrix_jobs1_s"] < 90),
-    "fresh_build_up_verify_s": ("< 180 s with ./setup.sh, which lab.bench does not run",
-                                lambda f: f["fresh_build_up_verify_s"] < 180),
     "verify_overhead": ("< 0.05", lambda f: f["verify_overhead"] < 0.05),
     "ssh_speedup": (">= 20x", lambda f: f["ssh_speedup"] >= 20),
     "reset_speedup": (">= 20x", lambda f: f["reset_speedup"] >= 20),
     "up_vs_boot": ("<= 1.3x", lambda f: f["up_vs_boot"] <= 1.3),
     "matrix_speedup": (">= 3x", lambda f: f["matrix_speedup"] >= 3),
+}
+
+
+# Goals a figure of lab.bench is only a part of: shown next to it, with no verdict.
+PARTS_OF = {
+    "fresh_build_up_verify_s": "< 180 s for README's first command, which also runs ./setup.sh (not run by "
+                               "lab.bench): no verdict here",
 }
 
 
@@ -295,7 +300,7 @@ def _print(figures: dict) -> None:
             continue
         goal = figures["goals"].get(key)
         if goal is None:
-            mark = ""
+            mark = PARTS_OF.get(key, "")
         else:
             mark = f"[green]{goal['goal']} met[/]" if goal["met"] else f"[red]{goal['goal']} not met[/]"
         table.add_row(key, str(value), mark)
