@@ -147,3 +147,56 @@ def test_the_subnet_choice() -> None:
     assert libvirt.choose_octet(150, used={150}, current=170) == 170
     assert libvirt.choose_octet(150, used={170}, current=170) == 150
     assert libvirt.choose_octet(150, used=set(range(100, 220)), current=None) is None
+
+
+@pytest.mark.integration
+def test_a_daemon_that_ends_while_waited_for_is_started_again(tmp_path: Path) -> None:
+    """Seen in CI: libvirtd told to stop in the middle of a `virsh restore` kept running without
+    answering for seconds; the next lab.up saw it running, did not start it, and gave up after 30 s.
+    Here real processes stand in for libvirtd: one that runs 1.5 s without answering, then ends;
+    the wait starts the daemon again as soon as it is gone, and the new one answers."""
+    import signal
+    import subprocess
+    import time
+
+    name = f"labd{os.getpid() % 100000}"
+    daemon = tmp_path / name
+    answer, pidfile = tmp_path / "answer", tmp_path / "pid"
+    daemon.write_text("#!/bin/sh\n"
+                      'if [ "$1" = old ]; then sleep 1.5; exit 0; fi\n'
+                      'if [ "$1" = -d ]; then "$0" run </dev/null >/dev/null 2>&1 & exit 0; fi\n'
+                      f'echo $$ > {pidfile}; touch {answer}; while :; do sleep 1; done\n')
+    daemon.chmod(0o755)
+    old = subprocess.Popen([str(daemon), "old"])
+    import threading
+    threading.Thread(target=old.wait, daemon=True).start()  # reaped when it ends, as init reaps libvirtd
+    try:
+        time.sleep(0.3)
+        assert libvirt.daemon_running(name)
+        started = time.monotonic()
+        libvirt.start_until_answer({name: daemon}, answer.exists, 15, interval=0.2)
+        assert answer.exists() and old.poll() == 0
+        assert time.monotonic() - started < 10
+    finally:
+        old.kill()
+        old.wait()
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+@pytest.mark.integration
+def test_a_daemon_that_never_answers_is_named_when_the_wait_gives_up(tmp_path: Path) -> None:
+    """A daemon that runs and never answers: the error says it runs and does not answer."""
+    import subprocess
+
+    name = f"labe{os.getpid() % 100000}"
+    daemon = tmp_path / name
+    daemon.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    daemon.chmod(0o755)
+    hung = subprocess.Popen([str(daemon)])
+    try:
+        with pytest.raises(errors.TestbedError, match=f"{name} running, libvirtd does not answer yet"):
+            libvirt.start_until_answer({name: daemon}, lambda: False, 1.5, interval=0.2)
+    finally:
+        hung.kill()
+        hung.wait()

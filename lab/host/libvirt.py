@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from lab.config.libvirt_uri import LOCAL_URI
 from lab.config.settings import Settings
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, ToolMissing
-from lab.core.wait import wait_until
+from lab.core.wait import NotYet, wait_until
 from lab.host import proc, sshhost, tools
 
 URI = LOCAL_URI
@@ -254,16 +255,48 @@ def ensure_daemons() -> None:
     if os.geteuid() != 0:
         raise TestbedError("libvirtd does not answer and starting it needs root",
                            hint="as root: /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d")
-    for daemon in ("virtlogd", "libvirtd"):
-        path = Path("/usr/sbin") / daemon
+    paths = {daemon: Path("/usr/sbin") / daemon for daemon in ("virtlogd", "libvirtd")}
+    for daemon, path in paths.items():
         if not path.exists():
             raise ToolMissing(f"{daemon} is not installed", hint=tools.hint(daemon))
-        running = proc.run(["pgrep", "-x", daemon], step=f"is {daemon} running", timeout=30, check=False).ok
-        if not running:
-            console.info(f"starting {daemon} (no systemd on this host)")
-            proc.run([str(path), "-d"], step=f"start {daemon}", timeout=30)
-    wait_until("libvirtd to answer after starting it", lambda: reach()[0] or None, DAEMON_START_S,
-               hint="see /var/log/libvirt/libvirtd.log")
+    start_until_answer(paths, lambda: reach()[0], DAEMON_START_S)
+
+
+def daemon_running(daemon: str) -> bool:
+    """Whether a process named exactly `daemon` runs on this machine (pgrep -x)."""
+    return proc.run(["pgrep", "-x", daemon], step=f"is {daemon} running", timeout=30, check=False).ok
+
+
+def start_daemon(daemon: str, path: Path) -> None:
+    """Start one libvirt daemon by hand (`PATH -d`, it daemonises). Raises TestbedError when it fails."""
+    console.info(f"starting {daemon} (no systemd on this host)")
+    proc.run([str(path), "-d"], step=f"start {daemon}", timeout=30)
+
+
+def start_until_answer(paths: dict[str, Path], answers: Callable[[], bool], timeout: float, *,
+                       running: Callable[[str], bool] = daemon_running,
+                       start: Callable[[str, Path], None] = start_daemon, interval: float = 0.5) -> None:
+    """Start each daemon of `paths` (name -> binary) that is not running, until answers() is true.
+
+    Checked again on every poll, not only once: a libvirtd that was told to stop (SIGTERM in the
+    middle of a `virsh restore`) keeps running without answering for a while, then exits; it is
+    started again as soon as it is gone. Raises TestbedError after `timeout` seconds, saying which
+    daemons were running and not answering."""
+    def check() -> bool:
+        if answers():
+            return True
+        seen = []
+        for daemon, path in paths.items():
+            if running(daemon):
+                seen.append(f"{daemon} running")
+            else:
+                start(daemon, path)
+                seen.append(f"{daemon} started")
+        if answers():
+            return True
+        raise NotYet(", ".join(seen) + ", libvirtd does not answer yet")
+    wait_until("libvirtd to answer after starting it", check, timeout, interval=interval,
+               max_interval=4 * interval, hint="see /var/log/libvirt/libvirtd.log")
 
 
 DAEMON_START_S = 30.0  # libvirtd answers within about a second of starting here
