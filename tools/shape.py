@@ -63,7 +63,7 @@ def trace(argv: list[str]) -> None:
     counts: Counter[str] = Counter()
     rooms: list[str] = []
 
-    def profile(frame, event, arg):  # noqa: ANN001, ANN202
+    def profile(frame, event, arg):
         if event != "call":
             return
         module = frame.f_globals.get("__name__", "")
@@ -72,9 +72,8 @@ def trace(argv: list[str]) -> None:
         name = frame.f_code.co_name
         if name in COUNTED and module.startswith(COUNTED[name]):
             counts[f"{module}.{name}"] += 1
-        if any(isinstance(v, Settings) for v in frame.f_locals.values()):
-            if not rooms or rooms[-1] != module:
-                rooms.append(module)
+        if any(isinstance(v, Settings) for v in frame.f_locals.values()) and (not rooms or rooms[-1] != module):
+            rooms.append(module)
 
     from lab.cli.main import program
 
