@@ -422,8 +422,13 @@ def test_bench_prints_the_figures(bookworm_lab: tuple[Path, str]) -> None:
     phases = dict(figures["up_phases_s"])
     assert "libvirt: start from the saved state (copy, define, restore)" in phases
     assert sum(phases.values()) <= figures["up_cached_s"], phases
+    # issue 24: verify in both isolations, the cost of snapshot isolation derived from the two walls
+    snap, tear = figures["verify_snapshot_wall_s"], figures["verify_teardown_wall_s"]
+    assert snap > 0 and tear > 0 and figures["snapshot_reverts"] >= 2
+    assert abs(figures["snapshot_isolation_cost"] - (snap - tear) / tear) < 0.01
+    assert 0 < figures["snapshot_revert_median_s"] <= figures["snapshot_revert_sum_s"]
     assert set(figures["goals"]) == {"up_cached_s", "reset_s", "edit_retry_s", "verify_overhead", "ssh_speedup",
-                                     "reset_speedup", "up_vs_boot", "matrix_speedup"}
+                                     "reset_speedup", "up_vs_boot", "matrix_speedup", "snapshot_isolation_cost"}
     for key, goal in figures["goals"].items():
         assert f"{goal['goal']} {'met' if goal['met'] else 'not met'}" in " ".join(result.stdout.split()), key
 
