@@ -17,6 +17,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -173,21 +174,23 @@ class Settings:
     keep_reports: int = key(20, _int_in(1, 10000), RUN)  # verify runs kept in .lab/<name>/reports/ (latest stays)
     reach_timeout: int = key(20, _int_in(5, 3600), RUN)  # how long a lab that is up may leave SSH unanswered
 
-    @property
+    @cached_property
     def libvirt(self) -> uris.LibvirtUri:
         """The libvirt URI, parsed (it was checked when the settings were loaded)."""
         return uris.parse(self.libvirt_uri)
 
-    @property
+    @cached_property
     def target_data(self) -> Target:
         return get_target(self.target)
 
-    @property
+    @cached_property
     def scenario_data(self) -> scenarios.Scenario:
-        """The scenario, loaded and validated (cached while its file is unchanged)."""
+        """The scenario, loaded and validated once per Settings value: the one load() that checked
+        these settings (_finish) seeds it, so a command reads its scenario file once and every
+        layer sees the same scenario even if the file is edited while the command runs."""
         return scenarios.load(self.scenario)
 
-    @property
+    @cached_property
     def fix_ids(self) -> tuple[str, ...]:
         """The fixes to try: the chosen ones, or every fix of the scenario on the target."""
         return self.fixes or tuple(f.id for f in self.scenario_data.fixes_for(self.target))
@@ -352,7 +355,9 @@ def _finish(values: dict[str, object], merged: Mapping[str, tuple[object, str]])
     if provider != "auto" and provider not in target.providers:
         raise SettingError("provider", provider, f"for target {target.name}: {', '.join(target.providers)}",
                            merged["provider"][1])
-    return Settings(**values)  # type: ignore[arg-type]
+    checked = Settings(**values)  # type: ignore[arg-type]
+    checked.__dict__["scenario_data"] = scenario  # cached_property's own slot: the load above, once
+    return checked
 
 
 def from_json(text: str, source: str) -> Settings:
