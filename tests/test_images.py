@@ -16,6 +16,7 @@ from labtest import make_settings
 from lab.core import errors
 from lab.host import domain
 from lab.images import base, bootwatch, layer
+from lab.machine.resolve import resolve
 
 SAVED_XML = """<domain type='qemu'>
   <name>cgroup-lab-build-abc</name>
@@ -141,11 +142,11 @@ def test_an_edited_script_changes_the_layer_not_the_base(tmp_path: Path) -> None
 
     s = make_settings(tmp_path, target="bookworm")
     shape = vm.MachineShape(cpus=2, memory=1024, driver="qemu", hypervisor="QEMU 7.2.0")
-    host_base = vm.host_base(base.base_image(s.target_data, box_packages(s), s.debian_mirror), shape)
-    scripts = layer_scripts(s)
-    one = layer.layer_for(host_base, "seed", "bookworm", scripts, layer_users(s))
+    host_base = vm.host_base(base.base_image(s.target_data, box_packages(resolve(s)), s.debian_mirror), shape)
+    scripts = layer_scripts(resolve(s))
+    one = layer.layer_for(host_base, "seed", "bookworm", scripts, layer_users(resolve(s)))
     edited = [*scripts[:-1], layer.Script(scripts[-1].name, scripts[-1].text + "echo more\n", scripts[-1].label)]
-    two = layer.layer_for(host_base, "seed", "bookworm", edited, layer_users(s))
+    two = layer.layer_for(host_base, "seed", "bookworm", edited, layer_users(resolve(s)))
     assert one.key != two.key and one.base.state_key == two.base.state_key
     assert one.disk_volume != two.disk_volume and one.base.disk_volume == two.base.disk_volume
     bigger = vm.host_base(host_base.image, vm.MachineShape(cpus=2, memory=2048, driver="qemu", hypervisor="QEMU 7.2.0"))
@@ -159,14 +160,16 @@ def test_the_trusty_box_key_covers_the_provider_and_its_scripts(tmp_path: Path) 
     kernel-stage script or another mirror makes another box."""
     from lab.images.build import build_inputs, cached_box
 
-    libvirt_box = cached_box(make_settings(tmp_path, target="trusty", provider="libvirt"))
-    vbox = cached_box(make_settings(tmp_path, target="trusty", provider="virtualbox"))
+    libvirt_box = cached_box(resolve(make_settings(tmp_path, target="trusty", provider="libvirt")))
+    vbox = cached_box(resolve(make_settings(tmp_path, target="trusty", provider="virtualbox")))
     assert libvirt_box.key != vbox.key
-    mirror = cached_box(make_settings(tmp_path, target="trusty", provider="libvirt", ubuntu_mirror="http://mirror.example/ubuntu"))
+    mirror = cached_box(resolve(make_settings(tmp_path, target="trusty", provider="libvirt",
+                                              ubuntu_mirror="http://mirror.example/ubuntu")))
     assert mirror.key != libvirt_box.key
-    inputs = build_inputs(make_settings(tmp_path, target="trusty", provider="libvirt"))
+    inputs = build_inputs(resolve(make_settings(tmp_path, target="trusty", provider="libvirt")))
     assert "http://archive.ubuntu.com/ubuntu" in inputs["scripts"] and inputs["provider"] == "libvirt"
-    assert cached_box(make_settings(tmp_path, target="trusty", provider="libvirt", memory=2048)).key != libvirt_box.key
+    bigger = make_settings(tmp_path, target="trusty", provider="libvirt", memory=2048)
+    assert cached_box(resolve(bigger)).key != libvirt_box.key
 
 
 @pytest.mark.parametrize("line, what", [

@@ -16,6 +16,7 @@ from lab.config import scenario as sc
 from lab.config.settings import Settings
 from lab.core.errors import LabError
 from lab.core.resources import SCAFFOLD_DIR
+from lab.machine.resolve import resolve
 from lab.render.lab import facts_for_render, render_all
 from lab.render.plan import plan, wrap
 from lab.run import engine, judge, vias
@@ -43,7 +44,7 @@ def scenario_dir(tmp_path: Path, edit: dict[str, str] | None = None, append: str
 
 def planned(folder: Path, target: str = "bookworm"):
     s = Settings(target=target, scenario=str(folder), name="t")
-    return plan(s, facts_for_render("t"))
+    return plan(resolve(s), facts_for_render("t"))
 
 
 def test_every_via_has_its_typed_form() -> None:
@@ -173,7 +174,7 @@ def test_the_shared_folder_next_to_the_scenario(tmp_path: Path) -> None:
     (shared / "lib.sh.j2").write_text("{% macro hello(u) %}echo hello {{ u|sh }}{% endmacro %}\n")
     folder = scenario_dir(tmp_path, edit={'script = "provision/prepare.sh"': 'script = "../shared/setup.sh"'})
     s = Settings(target="bookworm", scenario=str(folder), name="t")
-    files = render_all(s, facts_for_render("t"))
+    files = render_all(resolve(s), facts_for_render("t"))
     assert "echo hello appuser" in files[next(k for k in files if k.endswith("setup.sh"))]
     escape = scenario_dir(tmp_path, edit={'script = "provision/prepare.sh"': 'script = "../../etc-outside.sh"'},
                           name="other")
@@ -188,7 +189,7 @@ def test_user_specs_render_into_the_users_script(tmp_path: Path) -> None:
                                           'home_mode = "0700", shell = "/usr/sbin/nologin", groups = ["lab"], '
                                           'linger = true }]'})
     s = Settings(target="bookworm", scenario=str(folder), name="t")
-    users = render_all(s, facts_for_render("t"))["provision/01-base-users.sh"]
+    users = render_all(resolve(s), facts_for_render("t"))["provision/01-base-users.sh"]
     assert "make_user svc adduser /usr/sbin/nologin" in users and "make_user appuser useradd /bin/bash" in users
     assert "chmod 0700" in users and "usermod -a -G lab svc" in users and "loginctl enable-linger svc" in users
     assert "enable-linger appuser" not in users

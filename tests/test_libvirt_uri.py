@@ -12,6 +12,7 @@ from labtest import make_facts, make_settings
 from lab.config import libvirt_uri as uris
 from lab.core.errors import SettingError
 from lab.host import sshhost
+from lab.machine.resolve import resolve
 from lab.render.lab import render_all
 
 
@@ -104,9 +105,9 @@ def test_libvirt_gets_the_wrapper_and_no_known_hosts(tmp_path: Path, monkeypatch
 
 def test_the_vagrantfile_carries_the_uri_and_the_proxy(tmp_path: Path) -> None:
     s = make_settings(tmp_path, target="bookworm")
-    local = render_all(s, make_facts())["Vagrantfile"]
+    local = render_all(resolve(s), make_facts())["Vagrantfile"]
     assert "lv.uri = 'qemu:///system'" in local and "proxy_command" not in local
-    remote = render_all(s, make_facts(libvirt_uri="qemu+ssh://h/system?command=/x/it's",
+    remote = render_all(resolve(s), make_facts(libvirt_uri="qemu+ssh://h/system?command=/x/it's",
                                       ssh_proxy="/x/ssh -W %h:%p h"))["Vagrantfile"]
     assert "lv.uri = 'qemu+ssh://h/system?command=/x/it\\'s'" in remote
     assert "m.ssh.proxy_command = '/x/ssh -W %h:%p h'" in remote

@@ -29,6 +29,7 @@ from test_remote_sshd import Sshd, free_port, needs_sshd
 from lab.core import errors
 from lab.core.files import write_files
 from lab.host import libvirt
+from lab.machine.resolve import resolve
 from lab.remote.keys import ensure_keypair
 from lab.remote.ssh import Endpoint, Jump, Remote
 from lab.render.lab import render_all
@@ -243,11 +244,11 @@ def test_vagrant_validates_the_remote_vagrantfile(loopback_host: LoopbackHost, t
     lv.uri, its keyfile; Vagrant's own ssh.proxy_command is the tool's wrapper)."""
     monkeypatch.chdir(tmp_path)
     s = make_settings(tmp_path, target="bookworm-unified", libvirt_uri=loopback_host.uri())
-    host = libvirt.host_for(s)
+    host = libvirt.host_for(s.libvirt, s.libvirt_timeout)
     assert host.access is not None
     facts = make_facts(libvirt_uri=host.libvirt_uri, ssh_proxy=host.access.proxy_command)
     out = tmp_path / "rendered"
-    write_files(out, {**render_all(s, facts), **plan(s, facts).scripts})
+    write_files(out, {**render_all(resolve(s), facts), **plan(resolve(s), facts).scripts})
     env = {**os.environ, "VAGRANT_DEFAULT_PROVIDER": "libvirt", "VAGRANT_CHECKPOINT_DISABLE": "1"}
     result = subprocess.run(["vagrant", "validate"], cwd=out, env=env, capture_output=True, text=True,
                             timeout=180, check=False)
@@ -322,7 +323,7 @@ def test_a_vanished_host_is_not_a_missing_domain(loopback_host: LoopbackHost, tm
     s = make_settings(tmp_path, target="bookworm-unified", libvirt_uri=uri, libvirt_timeout=10)
 
     def check() -> None:
-        libvirt.use(s)
+        libvirt.use(s.libvirt, s.libvirt_timeout)
         assert libvirt.domain_state("lab-rmt-nothing-here") == "not created"
         host.sshd.stop()
         started = time.monotonic()

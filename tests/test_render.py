@@ -10,6 +10,7 @@ import pytest
 from labtest import copy_scenario, make_facts, make_settings
 
 from lab.core.files import write_files
+from lab.machine.resolve import resolve
 from lab.render.lab import provision_plan, render_all
 from lab.render.plan import plan
 from lab.render.templates import environment, rb, sh
@@ -35,11 +36,11 @@ def test_strict_undefined_refuses_missing_values() -> None:
 def test_render_all_produces_the_lab(tmp_path: Path, target: str) -> None:
     s = make_settings(tmp_path, target=target)
     facts = make_facts()
-    files = render_all(s, facts)
+    files = render_all(resolve(s), facts)
     assert "Vagrantfile" in files
     assert any(p.startswith("provision/") for p in files)
     assert all(p == "Vagrantfile" or p.startswith("provision/") for p in files)
-    p = plan(s, facts)
+    p = plan(resolve(s), facts)
     scripts = p.scripts
     assert {"observe.sh", "teardown.sh"} <= set(scripts)
     for fix in s.scenario_data.fixes_for(target):
@@ -52,14 +53,14 @@ def test_render_all_produces_the_lab(tmp_path: Path, target: str) -> None:
     assert "lv.management_network_name = 'lab-" + s.name + "'" in vf
     assert "lv.management_network_address = '192.168.150.0/24'" in vf
     assert 'm.vm.synced_folder ".", "/vagrant", disabled: true' in vf
-    for _, _, stage_scripts in provision_plan(s):
+    for _, _, stage_scripts in provision_plan(resolve(s)):
         for script in stage_scripts:
             assert script.name in files
             assert f"path: '{script.name}'" in vf
 
 
 def test_baseline_command_is_the_seed_command(tmp_path: Path) -> None:
-    start = plan(make_settings(tmp_path, target="bookworm"), make_facts()).baseline.start
+    start = plan(resolve(make_settings(tmp_path, target="bookworm")), make_facts()).baseline.start
     assert start.run.strip() == "sudo -H -u dbusr lxc-start -n mysql55 -d"
     assert start.shown == start.run and start.channel == "admin"
 
@@ -70,9 +71,9 @@ def test_settings_reach_the_scripts(tmp_path: Path) -> None:
                                       'user = "dbusr"': 'user = "dbx"',
                                       'container = "mysql55"': 'container = "pg96"'})
     s = make_settings(tmp_path, target="bookworm", name="demo", scenario=str(folder))
-    files = render_all(s, make_facts())
+    files = render_all(resolve(s), make_facts())
     assert "admin=ops" in files["provision/01-base-users.sh"]
-    assert plan(s, make_facts()).baseline.start.run.strip() == "sudo -H -u dbx lxc-start -n pg96 -d"
+    assert plan(resolve(s), make_facts()).baseline.start.run.strip() == "sudo -H -u dbx lxc-start -n pg96 -d"
     assert "lxc.cgroup.memory.limit_in_bytes = 268435456" in files["provision/03-base-lxc-user.sh"]
 
 
@@ -80,7 +81,7 @@ def test_hostile_scenario_vars_are_quoted_for_shell(tmp_path: Path) -> None:
     hostile = "pg`id`$(reboot)"
     folder = copy_scenario(tmp_path, {'container = "mysql55"': f'container = "{hostile}"'})
     s = make_settings(tmp_path, target="bookworm", scenario=str(folder))
-    p = plan(s, make_facts())
+    p = plan(resolve(s), make_facts())
     assert shlex.split(p.baseline.start.run) == ["sudo", "-H", "-u", "dbusr", "lxc-start", "-n", hostile, "-d"]
     assert f"container={shlex.quote(hostile)}\n" in p.scripts["observe.sh"]
     assert f"container={shlex.quote(hostile)}\n" in p.scripts["teardown.sh"]
@@ -88,12 +89,12 @@ def test_hostile_scenario_vars_are_quoted_for_shell(tmp_path: Path) -> None:
 
 def test_public_key_is_quoted_for_shell(tmp_path: Path) -> None:
     key = "ssh-ed25519 AAAA it's $(dangerous)"
-    files = render_all(make_settings(tmp_path, target="bookworm"), make_facts(public_key=key))
+    files = render_all(resolve(make_settings(tmp_path, target="bookworm")), make_facts(public_key=key))
     assert f"pubkey={shlex.quote(key)}" in files["provision/01-base-users.sh"]
 
 
 def test_unified_target_uses_cgroup2_limit(tmp_path: Path) -> None:
-    files = render_all(make_settings(tmp_path, target="bookworm-unified"), make_facts())
+    files = render_all(resolve(make_settings(tmp_path, target="bookworm-unified")), make_facts())
     assert "lxc.cgroup2.memory.max = 268435456" in files["provision/03-base-lxc-user.sh"]
 
 
@@ -110,14 +111,15 @@ def test_a_lab_started_from_an_image_is_described_for_vagrant(tmp_path: Path) ->
     over SSH (the guest agent hands them over), Vagrant logs in as the admin with the lab's own key
     and finds the address through the guest agent; nothing of the old fw_cfg handover is left."""
     s = make_settings(tmp_path, target="bookworm")
-    vf = render_all(s, make_facts(box_provisioned=True, private_key_path="/labs/x/ssh/id_ed25519"))["Vagrantfile"]
+    facts = make_facts(box_provisioned=True, private_key_path="/labs/x/ssh/id_ed25519")
+    vf = render_all(resolve(s), facts)["Vagrantfile"]
     assert "m.ssh.insert_key = false" in vf
     assert "m.ssh.private_key_path = ['/labs/x/ssh/id_ed25519']" in vf
     assert "m.ssh.username = 'labadmin'" in vf
     assert "m.vm.hostname" not in vf and "m.vm.provision" not in vf
     assert "lv.qemu_use_agent = true" in vf and "fw_cfg" not in vf
     assert "m.vm.guest = 'debian'" in vf and "m.vm.allow_fstab_modification = false" in vf
-    classic = render_all(s, make_facts())["Vagrantfile"]
+    classic = render_all(resolve(s), make_facts())["Vagrantfile"]
     assert "m.ssh.insert_key = true" in classic and "qemu_use_agent" not in classic and "m.vm.provision" in classic
 
 
@@ -129,24 +131,25 @@ def test_layer_scripts_are_rendered_without_lab_values(tmp_path: Path) -> None:
 
     a = make_settings(tmp_path, target="bookworm", name="lab-one")
     b = make_settings(tmp_path, target="bookworm", name="lab-two")
-    scripts = layer_scripts(a)
+    scripts = layer_scripts(resolve(a))
     users = next(script for script in scripts if "users" in script.name)
     assert "pubkey=''" in users.text and users.label.startswith("the engine's `common/users.sh`")
     lxc = next(script for script in scripts if "lxc" in script.name)
     assert lxc.label == "`provision/lxc-user.sh` of scenario sudo-lxc-cgroups"
     assert lxc.source is not None and lxc.source.name == "lxc-user.sh"
-    assert [(x.name, x.text) for x in scripts] == [(x.name, x.text) for x in layer_scripts(b)]
+    assert [(x.name, x.text) for x in scripts] == [(x.name, x.text) for x in layer_scripts(resolve(b))]
     other = make_settings(tmp_path, target="bookworm", scenario="sudo-systemctl-user")
-    assert [x.text for x in layer_scripts(other)] != [x.text for x in scripts]
-    assert layer_users(a) == ("labadmin",)
-    assert uses_layers(a) and not uses_layers(make_settings(tmp_path, target="bookworm", box="owner/name"))
+    assert [x.text for x in layer_scripts(resolve(other))] != [x.text for x in scripts]
+    assert layer_users(resolve(a)) == ("labadmin",)
+    named_box = make_settings(tmp_path, target="bookworm", box="owner/name")
+    assert uses_layers(resolve(a)) and not uses_layers(resolve(named_box))
 
 
 def test_scenario_scripts_import_the_engines_snippets(tmp_path: Path) -> None:
     """The shipped scenarios share their linger scripts through templates/lib (lab/linger.sh.j2);
     the rendered scripts are whole shell, with the user quoted."""
     s = make_settings(tmp_path, target="bookworm-unified", scenario="sudo-rootless-podman")
-    scripts = plan(s, make_facts()).scripts
+    scripts = plan(resolve(s), make_facts()).scripts
     apply = scripts["fixes/linger-env-apply.sh"]
     assert "user=poduser\n" in apply and 'loginctl enable-linger "$user"' in apply and "{%" not in apply
     assert 'loginctl disable-linger "$user"' in scripts["fixes/linger-env-revert.sh"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from labtest import copy_scenario, make_facts, make_settings
 
+from lab.machine.resolve import resolve
 from lab.render.plan import plan
 from lab.run import judge
 from lab.run.record import StepRecord
@@ -24,7 +25,7 @@ def outputs(evidence: dict) -> list[str]:
 
 
 def rules(tmp_path: Path) -> tuple[dict, ...]:
-    return plan(make_settings(tmp_path, target="bookworm"), make_facts()).rules
+    return plan(resolve(make_settings(tmp_path, target="bookworm")), make_facts()).rules
 
 
 def test_recorded_evidence_shows_inheritance() -> None:
@@ -47,7 +48,7 @@ def test_different_cgroups_are_not_inheritance() -> None:
     ("cgm", "running"), ("systemd-run", "failing"),
 ])
 def test_recorded_observations_classify_as_measured(tmp_path: Path, fix_id: str, expected: str) -> None:
-    p = plan(make_settings(tmp_path, target="bookworm"), make_facts())
+    p = plan(resolve(make_settings(tmp_path, target="bookworm")), make_facts())
     t = p.baseline if fix_id == "baseline" else p.fix(fix_id)
     assert t.expected == expected
     observe = step(f"{fix_id}:observe")
@@ -74,7 +75,7 @@ def test_running_without_the_limit_is_unlimited(tmp_path: Path) -> None:
 
 
 def test_a_failure_without_the_signature_is_not_the_bug(tmp_path: Path) -> None:
-    base = plan(make_settings(tmp_path, target="bookworm"), make_facts()).baseline
+    base = plan(resolve(make_settings(tmp_path, target="bookworm")), make_facts()).baseline
     assert base.failure and base.signatures
     assert judge.matched_signatures(base.signatures, ["lxc-start: permission denied on something else"]) == []
     assert not judge.judge(base.expected, "failing", base.signatures, [])
@@ -84,7 +85,8 @@ def test_a_failure_without_the_signature_is_not_the_bug(tmp_path: Path) -> None:
 def test_signature_placeholders_use_the_lab_names(tmp_path: Path) -> None:
     folder = copy_scenario(tmp_path, {'container = "mysql55"': 'container = "pg96"'})
     s = make_settings(tmp_path, target="trusty", scenario=str(folder))
-    found = judge.matched_signatures(plan(s, make_facts()).baseline.signatures, ["Failed to create hugetlb:pg96"])
+    signatures = plan(resolve(s), make_facts()).baseline.signatures
+    found = judge.matched_signatures(signatures, ["Failed to create hugetlb:pg96"])
     assert found == [r"Failed to create \S+:pg96"]
 
 

@@ -12,6 +12,7 @@ from lab.config import scenario as sc
 from lab.config.targets import all_targets, get_target
 from lab.core.errors import LabError
 from lab.images.build import base_for
+from lab.machine.resolve import resolve
 from lab.render.lab import provision_plan, render_all
 from lab.render.plan import plan
 from lab.render.templates import TEMPLATES_DIR
@@ -54,7 +55,7 @@ def test_every_template_a_target_names_exists(name: str) -> None:
 
 def planned(tmp_path: Path, target: str) -> dict[str, str]:
     """What the engine will expect on target, as the planner gives it to the run (every try, in order)."""
-    p = plan(make_settings(tmp_path, target=target), make_facts())
+    p = plan(resolve(make_settings(tmp_path, target=target)), make_facts())
     return {t.id: t.expected for t in (p.baseline, *p.fixes)}
 
 
@@ -64,8 +65,8 @@ def test_bookworm_hybrid_plans_the_measured_matrix(tmp_path: Path) -> None:
     assert planned(tmp_path, "bookworm") == {"baseline": "failing", "pam-systemd": "failing", "pam-cgfs": "running",
                                              "cgm": "running", "systemd-run": "failing"}
     s = make_settings(tmp_path, target="bookworm")
-    assert "systemd.unified_cgroup_hierarchy=0" in base_for(s).cmdline
-    p = plan(s, make_facts())
+    assert "systemd.unified_cgroup_hierarchy=0" in base_for(resolve(s)).cmdline
+    p = plan(resolve(s), make_facts())
     assert p.cgroup_layout == "hybrid" and p.baseline.failure and p.baseline.signatures
     assert "lxc.cgroup.memory.limit_in_bytes" in "\n".join(p.scripts.values()) + render_provision(s)
 
@@ -74,7 +75,7 @@ def test_bookworm_unified_plans_its_own_row(tmp_path: Path) -> None:
     assert planned(tmp_path, "bookworm-unified") == {"baseline": "unlimited", "pam-systemd": "unlimited",
                                                      "pam-cgfs": "failing", "cgm": "running", "systemd-run": "running"}
     s = make_settings(tmp_path, target="bookworm-unified")
-    assert "unified_cgroup_hierarchy" not in base_for(s).cmdline
+    assert "unified_cgroup_hierarchy" not in base_for(resolve(s)).cmdline
     assert "lxc.cgroup2.memory.max" in render_provision(s)
 
 
@@ -82,14 +83,14 @@ def test_trusty_renders_the_2015_setup(tmp_path: Path) -> None:
     """The rendered lab installs the vivid kernel, reboots into it and asserts 3.19; the plan tries the
     2015 fixes and recognises the 2015 error lines."""
     s = make_settings(tmp_path, target="trusty")
-    stages = provision_plan(s)
+    stages = provision_plan(resolve(s))
     assert stages[0][:2] == ("kernel", True)
-    rendered = render_all(s, make_facts(provider="virtualbox"))
+    rendered = render_all(resolve(s), make_facts(provider="virtualbox"))
     scripts = "\n".join(text for name, text in rendered.items() if name.startswith("provision/"))
     assert "linux-generic-lts-vivid" in scripts and "3.19" in scripts
     for package in ("lxc", "lxc-templates", "uidmap", "libpam-cgm", "cgmanager"):
         assert package in scripts, package
-    p = plan(s, make_facts(provider="virtualbox"))
+    p = plan(resolve(s), make_facts(provider="virtualbox"))
     assert [f.id for f in p.fixes] == ["pam-systemd", "cgm"]
     assert any("cgmanager_create_sync" in sig for sig in p.baseline.signatures)
     assert "session required pam_systemd.so class=user" in p.fix("pam-systemd").apply.text  # type: ignore[union-attr]
@@ -97,7 +98,7 @@ def test_trusty_renders_the_2015_setup(tmp_path: Path) -> None:
 
 def render_provision(s: object) -> str:
     """The lab's rendered provisioning scripts, joined."""
-    return "\n".join(text for name, text in render_all(s, make_facts()).items()  # type: ignore[arg-type]
+    return "\n".join(text for name, text in render_all(resolve(s), make_facts()).items()  # type: ignore[arg-type]
                       if name.startswith("provision/"))
 
 

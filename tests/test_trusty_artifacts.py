@@ -18,6 +18,7 @@ import pytest
 from lab.config import settings
 from lab.core.files import write_files
 from lab.core.resources import packer_file
+from lab.machine.resolve import resolve
 from lab.render.lab import LabFacts, render_all
 from lab.render.plan import plan
 
@@ -47,7 +48,7 @@ def trusty_settings(tmp_path: Path, **flags: str) -> settings.Settings:
 def render_trusty(tmp_path: Path, **flags: str) -> dict[str, str]:
     """Every file lab.render writes: the Vagrantfile, provisioning and the scenario's root scripts."""
     s = trusty_settings(tmp_path, **flags)
-    return {**render_all(s, facts()), **plan(s, facts()).scripts}
+    return {**render_all(resolve(s), facts()), **plan(resolve(s), facts()).scripts}
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_kernel_is_installed_held_and_asserted(files: dict[str, str]) -> None:
 
 
 def test_cgm_start_is_the_2015_workaround_as_one_line(tmp_path: Path) -> None:
-    start = plan(trusty_settings(tmp_path), facts()).fix("cgm").start
+    start = plan(resolve(trusty_settings(tmp_path)), facts()).fix("cgm").start
     text = start.run
     assert "\n" not in text and text == text.strip()
     assert start.shown == text and start.channel == "admin"
@@ -287,7 +288,7 @@ def test_every_rendered_script_passes_shellcheck(tmp_path: Path, written: Path, 
     scripts = sorted(rel for rel in files if rel.endswith(".sh"))
     assert len(scripts) >= 12
     # the start commands are one line typed by the admin: check them as bash too
-    p = plan(trusty_settings(tmp_path), facts())
+    p = plan(resolve(trusty_settings(tmp_path)), facts())
     starts = {f"commands/{t.id}-start.sh": f"#!/bin/bash\n{t.start.run}\n" for t in (p.baseline, *p.fixes)}
     write_files(written, starts)
     scripts += sorted(starts)

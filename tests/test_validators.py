@@ -15,6 +15,7 @@ import pytest
 from labtest import make_facts, make_settings
 
 from lab.core.files import write_files
+from lab.machine.resolve import resolve
 from lab.render.lab import render_all
 from lab.render.plan import plan
 
@@ -27,7 +28,7 @@ def rendered(tmp_path: Path, target: str, provider: str = "libvirt") -> Path:
     s = make_settings(tmp_path, target=target)
     out = tmp_path / target
     facts = make_facts(provider=provider)
-    write_files(out, {**render_all(s, facts), **plan(s, facts).scripts})  # what lab.render writes
+    write_files(out, {**render_all(resolve(s), facts), **plan(resolve(s), facts).scripts})  # what lab.render writes
     return out
 
 

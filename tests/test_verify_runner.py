@@ -15,6 +15,7 @@ from labtest import make_facts, make_settings
 
 from lab.core import errors, paths
 from lab.core.errors import LabError
+from lab.machine.resolve import resolve
 from lab.remote.ssh import CommandResult
 from lab.render.plan import plan
 from lab.report import junit, markdown
@@ -128,7 +129,7 @@ def lab_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def verify(s, lab: paths.LabDir, remote: ScriptedRemote, isolation: str = "teardown", testbed=None,
            **options: object) -> RunRecord:
     """engine.run on the scripted testbed (teardown isolation unless said: the recorded run's)."""
-    return engine.run(testbed or ScriptedTestbed(remote), plan(s, make_facts()), lab, "libvirt",
+    return engine.run(testbed or ScriptedTestbed(remote), plan(resolve(s), make_facts()), lab, "libvirt",
                       engine.Options(isolation=isolation, **options))  # type: ignore[arg-type]
 
 

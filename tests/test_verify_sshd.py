@@ -22,6 +22,7 @@ from labtest import make_facts, make_settings
 from test_remote_sshd import Sshd, cmdline, descendants, free_port, needs_sshd
 
 from lab.core import console, errors, paths
+from lab.machine.resolve import resolve
 from lab.remote.keys import ensure_keypair
 from lab.remote.ssh import Endpoint, Remote
 from lab.render.plan import plan
@@ -134,7 +135,7 @@ def test_a_real_dropped_connection_is_never_reported_as_met(tmp_path: Path, sshd
     cutter = cut_when(mark, server)
     testbed = LoopbackTestbed(server, key, tmp_path / "known_hosts")
     with pytest.raises(errors.TestbedError, match="dropped during step 'slow:start'"):
-        engine.run(testbed, plan(s, make_facts()), lab, "libvirt",
+        engine.run(testbed, plan(resolve(s), make_facts()), lab, "libvirt",
                    engine.Options(keep_failing=keep_failing, isolation="snapshot", command_timeout=60))
     cutter.join(5)
     [run] = [d for d in lab.reports.iterdir() if d.is_dir()]

@@ -178,10 +178,11 @@ def build(c, target=None, scenario=None, provider=None, name=None, config=None, 
     """Build what the lab starts from: the target's base image and the scenario's layer (or the ISO box)."""
     from lab.host import proc
     from lab.images.build import build as build_images
+    from lab.machine.resolve import resolve
 
     proc.set_verbose(verbose)
-    build_images(_settings(target, scenario, provider, name, config, libvirt_uri), force=force, verbose=verbose,
-                 keep_failing=keep_failing)
+    build_images(resolve(_settings(target, scenario, provider, name, config, libvirt_uri)), force=force,
+                 verbose=verbose, keep_failing=keep_failing)
 
 
 @task(help=flags(*LAB_FLAGS, "verbose", rebuild="rebuild the images even when they are cached",
@@ -305,11 +306,11 @@ def reset(c, target=None, scenario=None, name=None):
 def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, config=None, libvirt_uri=None,
           matrix=False):
     """Measure up from a cached image, reset, edit-and-retry, verify overhead, connection cost; print the figures."""
-    from lab.host import libvirt
+    from lab.machine.resolve import use_libvirt
     from lab.run import bench as b
 
     s = _settings(target, scenario, provider, name, config, libvirt_uri)
-    libvirt.use(s)
+    use_libvirt(s)
     b.run(s, fresh=fresh, matrix=matrix)
 
 

@@ -1,7 +1,7 @@
 """The libvirt side of a lab: daemons on hosts without systemd, the storage pool, the lab's own
 network address, and cleaning up exactly the domain, volume and network named after the lab.
 
-Every call goes to the libvirt host of the current lab (`use(settings)`; default qemu:///system):
+Every call goes to the libvirt host of the current lab (`use(uri, timeout)`; default qemu:///system):
 this machine's daemons, or a remote host through a qemu+ssh:// URI (lab.host.sshhost). The host is
 kept in a context variable, so that labs on different hosts can run in different threads. On a
 remote host a lost connection is a TestbedError naming the URI, never mistaken for "no such domain".
@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
-from lab.config.libvirt_uri import LOCAL_URI
-from lab.config.settings import Settings
+from lab.config.libvirt_uri import LOCAL_URI, LibvirtUri
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, ToolMissing
 from lab.core.wait import NotYet, wait_until
@@ -56,18 +55,18 @@ LOCAL = Host()
 _HOST: ContextVar[Host] = ContextVar("cgroup_lab_libvirt_host", default=LOCAL)
 
 
-def host_for(settings: Settings) -> Host:
-    """The Host of the settings' libvirt_uri (for a remote one, its ssh wrapper is written)."""
-    uri = settings.libvirt
+def host_for(uri: LibvirtUri, timeout: int) -> Host:
+    """The Host of a libvirt URI (the libvirt_uri setting, parsed), its virsh calls bounded by
+    timeout seconds (libvirt_timeout); for a remote one, its ssh wrapper is written."""
     if not uri.remote:
-        return Host(timeout=settings.libvirt_timeout)
-    access = sshhost.access(uri, settings.libvirt_timeout)
-    return Host(uri=uri.text, libvirt_uri=access.libvirt_uri, access=access, timeout=settings.libvirt_timeout)
+        return Host(timeout=timeout)
+    access = sshhost.access(uri, timeout)
+    return Host(uri=uri.text, libvirt_uri=access.libvirt_uri, access=access, timeout=timeout)
 
 
-def use(settings: Settings) -> Host:
-    """Send this context's libvirt calls to the settings' libvirt host; returns it."""
-    host = host_for(settings)
+def use(uri: LibvirtUri, timeout: int) -> Host:
+    """Send this context's libvirt calls to the libvirt host of uri (host_for); returns it."""
+    host = host_for(uri, timeout)
     _HOST.set(host)
     return host
 

@@ -10,11 +10,10 @@ import json
 import os
 from pathlib import Path
 
-from lab.config.settings import Settings
+from lab.config.resolved import Lab
 from lab.core import console
 from lab.core.resources import packer_file
 from lab.host import accel, proc
-from lab.host.providers import resolve_provider
 from lab.images.common import free_port, vagrant_insecure_keys
 from lab.render.lab import LabFacts, default_network_octet, provision_plan, render_script
 
@@ -23,29 +22,29 @@ def packer_source(provider: str) -> str:
     return "virtualbox-iso.trusty" if provider == "virtualbox" else "qemu.trusty"
 
 
-def kernel_stage_scripts(settings: Settings) -> list[tuple[str, str]]:
+def kernel_stage_scripts(lab: Lab) -> list[tuple[str, str]]:
     """[(file name, rendered text)] of the kernel stage Packer runs into the trusty box, in order."""
-    provider = resolve_provider(settings)
+    provider = lab.provider
     facts = LabFacts(provider=provider, libvirt_driver="qemu", box_name="", box_url="",
-                     public_key="", network_octet=default_network_octet(settings.name))
-    _, _, kernel_stage = provision_plan(settings)[0]
-    return [(f"{i:02d}-{Path(script.name).name.split('-', 2)[-1]}", render_script(settings, facts, script))
+                     public_key="", network_octet=default_network_octet(lab.name))
+    _, _, kernel_stage = provision_plan(lab)[0]
+    return [(f"{i:02d}-{Path(script.name).name.split('-', 2)[-1]}", render_script(lab, facts, script))
             for i, script in enumerate(kernel_stage, start=1)]
 
 
-def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
-    provider = resolve_provider(settings)
+def build_trusty(lab: Lab, work: Path, verbose: bool) -> Path:
+    provider = lab.provider
     scripts = []
-    for name, text in kernel_stage_scripts(settings):
+    for name, text in kernel_stage_scripts(lab):
         path = work / name
         path.write_text(text, encoding="utf-8")
         path.chmod(0o755)
         scripts.append(str(path))
     _, public = vagrant_insecure_keys()
     box = work / f"trusty-{provider}.box"
-    variables = {"scripts": scripts, "iso_url": settings.iso_url,
-                 "qemu_accelerator": accel.packer_accelerator(), "cpus": settings.cpus,
-                 "memory": settings.memory, "http_directory": str(packer_file("http")),
+    variables = {"scripts": scripts, "iso_url": lab.iso_url,
+                 "qemu_accelerator": accel.packer_accelerator(), "cpus": lab.cpus,
+                 "memory": lab.memory, "http_directory": str(packer_file("http")),
                  "ssh_port": free_port(), "vagrant_public_key": public.read_text().strip(),
                  "output_directory": str(work / "packer-out"), "output": str(box)}
     var_file = work / "vars.json"
@@ -55,6 +54,6 @@ def build_trusty(settings: Settings, work: Path, verbose: bool) -> Path:
                       "the ISO download, the unattended install and the kernel stage (tens of minutes)",
                       verbose) as out:
         proc.run(["packer", "build", "-color=false", f"-only={packer_source(provider)}", "-var-file", str(var_file),
-                  str(packer_file("trusty.pkr.hcl"))], step="packer build", timeout=settings.build_timeout,
+                  str(packer_file("trusty.pkr.hcl"))], step="packer build", timeout=lab.build_timeout,
                  waiting_for="packer", env=env, cwd=work, on_line=out)
     return box

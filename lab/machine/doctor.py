@@ -11,7 +11,7 @@ from lab.core.console import console
 from lab.core.errors import TestbedError
 from lab.host import accel, libvirt, proc, tools
 from lab.host.probes import url_answers
-from lab.host.providers import resolve_provider
+from lab.machine.resolve import provider_of, use_libvirt
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,8 @@ def remote_checks(settings: Settings) -> list[Check]:
 def report(settings: Settings) -> bool:
     """Print every check; True when the chosen target can be brought up here (on the settings'
     libvirt host). Raises TestbedError when a remote libvirt host cannot be reached at all."""
-    provider = resolve_provider(settings)
-    host = libvirt.use(settings)
+    provider = provider_of(settings)
+    host = use_libvirt(settings)
     console.print(f"[bold]lab.doctor[/] target {settings.target}, provider {provider}"
                   + (f", libvirt host {host.uri}" if host.remote else ""))
     results = checks(settings, provider)

@@ -25,11 +25,11 @@ from lab.core.files import write_files
 from lab.core.paths import cache_dir
 from lab.core.wait import NotYet, wait_until
 from lab.host import accel, agent, libvirt, proc, storage, tools
-from lab.host.providers import resolve_provider
 from lab.images import identity, layer, vm
 from lab.images.build import build, cached_box, uses_layers
 from lab.machine import ports, state
 from lab.machine.phases import PhaseClock
+from lab.machine.resolve import provider_of, resolve, use_libvirt
 from lab.machine.state import Phase
 from lab.machine.vagrant import LabVagrant, box_add, box_names
 from lab.remote.keys import ensure_keypair
@@ -64,9 +64,9 @@ def box_for(settings: Settings) -> tuple[str, str]:
         return f"cgroup-lab/local-{settings.target}-{digest[:12]}", str(path)
     if settings.box:
         return settings.box, ""
-    if uses_layers(settings):  # no Vagrant box: the VM starts from the scenario's image (lab.images)
+    if uses_layers(resolve(settings)):  # no Vagrant box: the VM starts from the scenario's image (lab.images)
         return f"cgroup-lab/{settings.scenario_data.id}-{settings.target}", ""
-    box = cached_box(settings)
+    box = cached_box(resolve(settings))
     return box.name, str(box.path)
 
 
@@ -81,7 +81,7 @@ def facts_for(settings: Settings, lab: paths.LabDir, provider: str, probe_networ
     driver = accel.libvirt_driver(host.access) if provider == "libvirt" and probe_network else "qemu"
     return LabFacts(provider=provider, libvirt_driver=driver, box_name=box_name, box_url=box_url,
                     public_key=public_key, network_octet=octet, owner=libvirt.owner_mark(lab.root),
-                    box_provisioned=provider == "libvirt" and box_provisioned(settings),
+                    box_provisioned=provider == "libvirt" and box_provisioned(resolve(settings)),
                     private_key_path=str(lab.private_key.resolve()),
                     libvirt_uri=host.libvirt_uri, ssh_proxy=host.access.proxy_command if host.access else "")
 
@@ -109,11 +109,12 @@ def render_lab(settings: Settings, out: Path | None = None, probe_network: bool 
     """Write the Vagrantfile, the provisioning scripts and the scenario's scripts into out (default
     .lab/<name>/); start nothing."""
     lab = paths.LabDir(out) if out else paths.lab_dir(settings.name)
-    libvirt.use(settings)
-    provider = resolve_provider(settings)
+    use_libvirt(settings)
+    provider = provider_of(settings)
     facts = facts_for(settings, lab, provider, probe_network)
-    files = render_all(settings, facts)
-    files.update(plan(settings, facts).scripts)
+    resolved = resolve(settings)
+    files = render_all(resolved, facts)
+    files.update(plan(resolved, facts).scripts)
     files["settings.json"] = settings.to_json() + "\n"
     files[FACTS] = json.dumps(facts.__dict__, indent=2, sort_keys=True) + "\n"
     write_files(lab.root, files)
@@ -234,22 +235,22 @@ def up(settings: Settings, verbose: bool = False, force_build: bool = False, kee
     re-provisioned or re-snapshotted. keep_failing: a build VM whose provisioning script failed
     stays running (lab.destroy removes it). Raises LabBusy, LabError, TestbedError."""
     lab = paths.lab_dir(settings.name)
-    libvirt.use(settings)
-    if resolve_provider(settings) != "libvirt":
+    use_libvirt(settings)
+    if provider_of(settings) != "libvirt":
         tools.require("VBoxManage")
     else:
-        tools.require(*(("virsh",) if uses_layers(settings) else ("vagrant", "virsh")))
+        tools.require(*(("virsh",) if uses_layers(resolve(settings)) else ("vagrant", "virsh")))
     with state.locked(lab, "up"):
         _up(settings, lab, verbose, force_build, keep_failing)
 
 
 def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool, keep_failing: bool) -> None:
     target = settings.target_data
-    provider = resolve_provider(settings)
+    provider = provider_of(settings)
     if provider not in target.providers:
         raise LabError(f"target {target.name} has no {provider} box",
                        hint=f"use provider: {', '.join(target.providers)}")
-    require_provider(provider, vagrant=not uses_layers(settings))
+    require_provider(provider, vagrant=not uses_layers(resolve(settings)))
     _claim(settings, lab, provider)
     st = state.read(lab)
     domain = domain_name(settings)
@@ -259,7 +260,8 @@ def _up(settings: Settings, lab: paths.LabDir, verbose: bool, force_build: bool,
             _bring_back(settings, lab, running, st.baseline_at)
             return
         console.info(f"lab {settings.name} was provisioned but its VM is gone: starting over")
-    built = build(settings, force=force_build, verbose=verbose, keep_failing=keep_failing) if not settings.box else None
+    built = (build(resolve(settings), force=force_build, verbose=verbose, keep_failing=keep_failing)
+             if not settings.box else None)
     paths.remember_current(settings.name)
     if st.phase == Phase.UP or (provider == "libvirt" and libvirt.domain_owner(domain) is not None):
         console.info("an earlier lab.up of this lab did not finish: removing what it left, then starting over")
@@ -559,7 +561,7 @@ def _boot_and_provision(settings: Settings, lab: paths.LabDir, provider: str, fa
     """vagrant up and the provisioning stages (a box lab.build did not provision: trusty, or a box
     the user named), with a reload after a stage that asks for one."""
     up_timeout = settings.boot_timeout + 1800
-    stages = provision_plan(settings)
+    stages = provision_plan(resolve(settings))
     for i, (stage, reboot, scripts) in enumerate(stages):
         names = [s.id for s in scripts]
         if i == 0:
@@ -583,9 +585,9 @@ def require_running(settings: Settings) -> None:
     """Before connecting, and whenever the guest falls silent: libvirt says the domain runs and every
     network its interfaces use is there and active; else a TestbedError in seconds naming what is
     wrong and the next command (instead of waiting out the SSH timeout)."""
-    if resolve_provider(settings) != "libvirt":
+    if provider_of(settings) != "libvirt":
         return
-    libvirt.use(settings)
+    use_libvirt(settings)
     libvirt.ensure_daemons()
     domain = domain_name(settings)
     now = libvirt.domain_state(domain)
@@ -663,9 +665,9 @@ def reset(settings: Settings) -> ResetResult:
     over a new SSH login for a lab without port shells. Returns what it did and how long each part
     took."""
     lab = paths.lab_dir(settings.name)
-    libvirt.use(settings)
+    use_libvirt(settings)
     with state.locked(lab, "reset"):
-        if resolve_provider(settings) != "libvirt":
+        if provider_of(settings) != "libvirt":
             raise LabError("lab.reset needs the libvirt provider", hint="use: invoke lab.destroy lab.up")
         state.require(lab, "reset", *state.READY)
         libvirt.ensure_daemons()
@@ -749,7 +751,7 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
     if not lab.vagrantfile.exists():
         raise LabError(f"lab {settings.name} has no Vagrantfile", hint="run: invoke lab.up")
     host = (libvirt.guest_address(domain_name(settings), agent=True)
-            if resolve_provider(settings) == "libvirt" else None)
+            if provider_of(settings) == "libvirt" else None)
     port = "22"
     if not host:
         conf = LabVagrant(lab.root, timeout=120).conf(vm_name=domain_name(settings))
@@ -763,7 +765,7 @@ def endpoint(settings: Settings, refresh: bool = False) -> Endpoint:
 
 def jump_for(settings: Settings) -> Jump | None:
     """On a remote libvirt host: the SSH jump through it to the guest; else None."""
-    access = libvirt.use(settings).access
+    access = use_libvirt(settings).access
     if access is None:
         return None
     uri = access.uri
@@ -791,13 +793,13 @@ def status(settings: Settings) -> dict[str, str]:
     in: a damaged state.json, a scenario that no longer loads, libvirt not answering are shown as
     such. Returns {label: value}, in display order."""
     lab = paths.lab_dir(settings.name)
-    libvirt.use(settings)
+    use_libvirt(settings)
     st, damaged = state.peek(lab)
     try:
         scenario = settings.scenario_data.id
     except LabError as exc:
         scenario = f"{settings.scenario} (does not load: {exc.message})"
-    provider = resolve_provider(settings)
+    provider = provider_of(settings)
     info = {"lab": settings.name, "scenario": scenario, "target": settings.target, "provider": provider,
             "phase": (f"{st.phase}" + (f" since {st.since} ({st.task})" if st.since else "") if st is not None
                       else f"unknown: {damaged}") + " (its state.json)",
@@ -857,12 +859,12 @@ def destroy(settings: Settings) -> list[str]:
     Vagrant's metadata, with the domain already gone, or with a domain of this name that is not
     ours (left alone, said). Returns what was removed. Raises TestbedError when libvirt fails."""
     lab = paths.lab_dir(settings.name)
-    libvirt.use(settings)
+    use_libvirt(settings)
     with state.locked(lab, "destroy"):
         _, damaged = state.read_or_set_aside(lab)
         if damaged:
             console.info(f"[yellow]{damaged}[/]")
-        removed = _remove(settings, lab, resolve_provider(settings), destroying=True)
+        removed = _remove(settings, lab, provider_of(settings), destroying=True)
         state.advance(lab, Phase.ABSENT, "destroy")
         return removed
 
@@ -886,7 +888,7 @@ def _remove(settings: Settings, lab: paths.LabDir, provider: str, destroying: bo
             libvirt.delete_snapshots(domain)
     # A lab started from an image is libvirt's alone (lab.up defined it): libvirt removes it in a
     # second, where `vagrant destroy` spends ~4 s starting Ruby to do the same.
-    by_vagrant = provider != "not ours" and not (provider == "libvirt" and uses_layers(settings))
+    by_vagrant = provider != "not ours" and not (provider == "libvirt" and uses_layers(resolve(settings)))
     if by_vagrant and lab.vagrantfile.exists() and (lab.root / ".vagrant").exists() and shutil.which("vagrant"):
         with console.step(f"vagrant destroy {domain}", "the VM to be removed"):
             try:

@@ -10,8 +10,8 @@ from lab.config.settings import Settings
 from lab.core import paths
 from lab.core.errors import TestbedError
 from lab.host import libvirt
-from lab.host.providers import resolve_provider
 from lab.machine import lifecycle, ports
+from lab.machine.resolve import provider_of, use_libvirt
 from lab.machine.state import read as read_state
 from lab.remote.port import Ports
 from lab.remote.ssh import CommandResult, Remote
@@ -27,7 +27,7 @@ class VmTestbed:
         self.settings = settings
         self.name = settings.name
         self.lab = paths.lab_dir(settings.name)
-        self.libvirt = resolve_provider(settings) == "libvirt"
+        self.libvirt = provider_of(settings) == "libvirt"
         self.domain = lifecycle.domain_name(settings)
         self.can_revert = self.libvirt and bool(read_state(self.lab).baseline_at)
 
@@ -47,7 +47,7 @@ class VmTestbed:
         if not self.can_revert:
             raise TestbedError(f"lab {self.name} has no baseline snapshot to return to",
                                hint="run lab.destroy then lab.up (lab.up takes the snapshot)")
-        libvirt.use(self.settings)
+        use_libvirt(self.settings)
         return libvirt.revert_baseline(self.domain)
 
     def ports(self) -> Ports | None:
@@ -56,7 +56,7 @@ class VmTestbed:
         Raises TestbedError when the lab has them but they cannot be reached."""
         if not (self.libvirt and ports.has_port_shells(self.lab.root)):
             return None
-        libvirt.use(self.settings)
+        use_libvirt(self.settings)
         return ports.open_ports(self.domain, self.connect(), timeout=self.settings.libvirt_timeout)
 
     def prove_baseline(self, run: Callable[[str], CommandResult]) -> str:

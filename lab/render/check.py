@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.config import scenario as sc
+from lab.config.resolved import Lab
 from lab.config.settings import Settings
 from lab.config.targets import Target
 from lab.core.errors import LabError, did_you_mean
@@ -88,15 +89,16 @@ def check(ref: str, targets: tuple[str, ...] = (), shellcheck: bool = True, inde
             continue
         settings = Settings(target=target, scenario=str(folder), name=f"check-{target}"[:48],
                             **({"debian_mirror": mirror} if mirror else {}))
-        facts = facts_for_render(settings.name, box_provisioned(settings))
+        lab = Lab.of(settings, provider="libvirt", scenario=scenario)
+        facts = facts_for_render(lab.name, box_provisioned(lab))
         try:
-            files = render_all(settings, facts)
-            rendered = plan(settings, facts)
+            files = render_all(lab, facts)
+            rendered = plan(lab, facts)
         except LabError as exc:
             found.add(target, exc.message + (f" ({exc.hint})" if exc.hint else ""))
             continue
         scripts = {name: text for name, text in files.items() if name.endswith(".sh")}
-        sources = _script_sources(settings)
+        sources = _script_sources(lab)
         for rel, text in rendered.scripts.items():
             scripts[rel] = text
         for t in (rendered.baseline, *rendered.fixes):
@@ -109,20 +111,20 @@ def check(ref: str, targets: tuple[str, ...] = (), shellcheck: bool = True, inde
         commands = _commands(rendered)
         for line in _rules(scenario, rendered):
             found.add(target, line)
-        for line in _evidence(scenario, rendered, settings.target_data):
+        for line in _evidence(scenario, rendered, lab.target):
             found.add(target, line)
-        for line in _layout(scenario, settings.target_data, scripts, sources, commands):
+        for line in _layout(scenario, lab.target, scripts, sources, commands):
             found.add(target, line)
-        if index and settings.target_data.box_builder == "mmdebstrap":
+        if index and lab.target.box_builder == "mmdebstrap":
             try:
-                idx = debindex.load(settings.debian_mirror, settings.target_data.release)
+                idx = debindex.load(lab.debian_mirror, lab.target.release)
             except debindex.IndexUnavailable as exc:
                 notes.append(f"[{target}] packages and commands not checked: the package index could not be read "
                              f"({exc})")
             else:
-                for line in _packages(scenario, settings.target_data, idx):
+                for line in _packages(scenario, lab.target, idx):
                     found.add(target, line)
-                for line in _missing_commands(scenario, settings.target_data, idx, scripts, sources, commands):
+                for line in _missing_commands(scenario, lab.target, idx, scripts, sources, commands):
                     found.add(target, line)
         for line in _bash_n(scripts, sources):
             found.add(target, line)
@@ -155,11 +157,11 @@ def _commands(rendered: Plan) -> list[Typed]:
     return list(out.values())
 
 
-def _script_sources(settings: Settings) -> dict[str, Path]:
+def _script_sources(lab: Lab) -> dict[str, Path]:
     """Provisioning script name in the lab -> its template file (engine or scenario)."""
     out = {}
-    folder = settings.scenario_data.folder
-    for _, _, scripts in provision_plan(settings):
+    folder = lab.scenario.folder
+    for _, _, scripts in provision_plan(lab):
         for s in scripts:
             if s.source == "engine":
                 out[s.name] = TEMPLATES_DIR / s.template

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from lab.config.settings import Settings
+from lab.config.resolved import Lab
 from lab.render.templates import environment, render_file, scenario_environment
 
 VAGRANTFILE_TEMPLATE = "Vagrantfile.j2"
@@ -49,13 +49,13 @@ def facts_for_render(name: str, provisioned_box: bool = False) -> LabFacts:
                     box_provisioned=provisioned_box, private_key_path="/nonexistent/cgroup-lab-check-key")
 
 
-def box_provisioned(settings: Settings) -> bool:
+def box_provisioned(lab: Lab) -> bool:
     """Whether the lab's box carries its provisioning: boxes lab.build makes with mmdebstrap do;
     a box the user names (`box` setting) and the trusty ISO box are provisioned by Vagrant at up."""
-    return not settings.box and settings.target_data.box_builder == "mmdebstrap"
+    return not lab.box and lab.target.box_builder == "mmdebstrap"
 
 
-def box_facts(settings: Settings) -> LabFacts:
+def box_facts() -> LabFacts:
     """The facts the provisioning scripts are rendered with when lab.build runs them into the box:
     nothing that differs between labs (no key, network or owner), so labs of one scenario and
     target share the box."""
@@ -73,11 +73,11 @@ class Script:
     id: str  # 01-base-users (the Vagrant provisioner's name)
 
 
-def provision_plan(settings: Settings) -> list[tuple[str, bool, list[Script]]]:
+def provision_plan(lab: Lab) -> list[tuple[str, bool, list[Script]]]:
     """[(stage, reboot after it, scripts)]: the target's stages, the scenario's scripts appended to
     the last one, numbered in the order they run."""
-    target = settings.target_data
-    extra = settings.scenario_data.provision_for(target.name)
+    target = lab.target
+    extra = lab.scenario.provision_for(target.name)
     plan = []
     index = 0
     for n, stage in enumerate(target.provision):
@@ -94,31 +94,34 @@ def provision_plan(settings: Settings) -> list[tuple[str, bool, list[Script]]]:
     return plan
 
 
-def context(settings: Settings, facts: LabFacts) -> dict[str, Any]:
-    """What every template sees: s (settings), t/target, lab (facts), name, stages, and the
-    scenario's admin, users, vars and packages for this target."""
-    target = settings.target_data
-    scenario = settings.scenario_data
+def context(lab: Lab, facts: LabFacts) -> dict[str, Any]:
+    """What every template sees: s (the settings by key), t/target, lab (facts), name, stages, and
+    the scenario's admin, users, vars and packages for this target."""
+    target = lab.target
+    scenario = lab.scenario
     stages = [{"stage": stage, "reboot": reboot, "scripts": [{"name": s.name, "id": s.id} for s in scripts]}
-              for stage, reboot, scripts in provision_plan(settings)]
-    return {"s": settings, "t": target, "target": target, "lab": facts, "name": settings.name, "stages": stages,
+              for stage, reboot, scripts in provision_plan(lab)]
+    return {"s": lab.values, "t": target, "target": target, "lab": facts, "name": lab.name, "stages": stages,
             "scenario": scenario.model, "admin": scenario.model.users.admin, "users": scenario.model.users,
             "vars": scenario.vars_for(target.name), "packages": scenario.packages(target.name)}
 
 
-def render_script(settings: Settings, facts: LabFacts, script: Script, ctx: dict[str, Any] | None = None) -> str:
-    ctx = ctx or context(settings, facts)
+def render_script(lab: Lab, facts: LabFacts, script: Script, ctx: dict[str, Any] | None = None) -> str:
+    """One provisioning script's text, rendered with ctx (default: context(lab, facts)). Raises
+    LabError naming the template and line of a template error."""
+    ctx = ctx or context(lab, facts)
     if script.source == "engine":
         return render_file(environment(), script.template, ctx)
-    folder = settings.scenario_data.folder
+    folder = lab.scenario.folder
     return render_file(scenario_environment(folder), script.template, ctx, where=str(folder))
 
 
-def render_all(settings: Settings, facts: LabFacts) -> dict[str, str]:
-    """The Vagrantfile and every provisioning script, by path relative to the lab directory (pure)."""
-    ctx = context(settings, facts)
+def render_all(lab: Lab, facts: LabFacts) -> dict[str, str]:
+    """The Vagrantfile and every provisioning script, by path relative to the lab directory (pure).
+    Raises LabError naming the template and line of a template error."""
+    ctx = context(lab, facts)
     files = {"Vagrantfile": render_file(environment(), VAGRANTFILE_TEMPLATE, ctx)}
-    for _, _, scripts in provision_plan(settings):
+    for _, _, scripts in provision_plan(lab):
         for script in scripts:
-            files[script.name] = render_script(settings, facts, script, ctx)
+            files[script.name] = render_script(lab, facts, script, ctx)
     return files

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.config import scenario as sc
-from lab.config.settings import Settings
+from lab.config.resolved import Lab
 from lab.core.errors import LabError, did_you_mean
 from lab.render.lab import LabFacts, context
 from lab.render.templates import render_file, render_string, scenario_environment
@@ -190,12 +190,12 @@ def wrap(command: str, via: str, user: str, lab_name: str, pam: str = "",
 class Renderer:
     """Renders a scenario's texts for one lab; every error names the key path it came from."""
 
-    def __init__(self, settings: Settings, facts: LabFacts) -> None:
-        self.settings = settings
-        self.scenario = settings.scenario_data
-        self.target = settings.target_data.name
+    def __init__(self, lab: Lab, facts: LabFacts) -> None:
+        self.lab = lab
+        self.scenario = lab.scenario
+        self.target = lab.target.name
         self.env = scenario_environment(self.scenario.folder)
-        self.ctx = context(settings, facts)
+        self.ctx = context(lab, facts)
         self.file = self.scenario.file
 
     def _defined(self, extra: dict[str, Any] | None) -> str:
@@ -234,7 +234,7 @@ class Renderer:
                            f"({', '.join(sorted(users))})")
         pam = self.text(one.pam, f"{where}.pam", extra)
         properties = tuple(self.text(p, f"{where}.properties[{i}]", extra) for i, p in enumerate(one.properties))
-        shown, run, channel = wrap(typed, one.via, user, self.settings.name, pam, properties)
+        shown, run, channel = wrap(typed, one.via, user, self.lab.name, pam, properties)
         return PlannedCommand(shown=shown, run=run, channel=channel, user=user or self.ctx["admin"], via=one.via,
                               title=self.text(one.title, f"{where}.title", extra),
                               why=self.text(one.why, f"{where}.why", extra), typed=typed, source=f"{where}.command")
@@ -277,9 +277,9 @@ class Renderer:
         return out
 
 
-def plan(settings: Settings, facts: LabFacts) -> Plan:
-    """Render the settings' scenario for its target; LabError names the key path of a bad template."""
-    r = Renderer(settings, facts)
+def plan(lab: Lab, facts: LabFacts) -> Plan:
+    """Render the lab's scenario for its target; LabError names the key path of a bad template."""
+    r = Renderer(lab, facts)
     m = r.scenario.model
     spec = m.targets[r.target]
     by_target = isinstance(m.evidence, dict)
@@ -296,7 +296,7 @@ def plan(settings: Settings, facts: LabFacts) -> Plan:
     for f in r.scenario.fixes_for(r.target):
         kind, i = kinds[id(f)]
         fixes.append(r.attempt(f, f.id, f"{'fixes' if kind == 'fix' else kind + 's'}[{f.id}]", m.baseline, kind))
-    target = settings.target_data
+    target = lab.target
     return Plan(
         scenario=m.id, title=r.text(m.title, "title"), explanation=r.text(m.explanation, "explanation"),
         sources=tuple(r.text(s, f"sources[{i}]") for i, s in enumerate(m.sources)), target=r.target,

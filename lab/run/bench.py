@@ -26,6 +26,7 @@ from lab.core.errors import LabError, VerifyFailed
 from lab.host import libvirt, proc, storage, tools
 from lab.images.build import build, uses_layers
 from lab.machine import lifecycle, phases
+from lab.machine.resolve import resolve
 from lab.remote.shell import Shell
 from lab.run.record import RunRecord
 from lab.run.verdict import verdict
@@ -127,7 +128,7 @@ def run(settings: Settings, fresh: bool = False, matrix: bool = False) -> dict:
     if fresh:
         lifecycle.destroy(settings)
         began = time.monotonic()
-        build(settings, force=True)
+        build(resolve(settings), force=True)
         figures["fresh_build_s"] = round(time.monotonic() - began, 2)
         lifecycle.up(settings)
         figures["fresh_up_s"] = round(time.monotonic() - began - figures["fresh_build_s"], 2)
@@ -179,7 +180,7 @@ def run(settings: Settings, fresh: bool = False, matrix: bool = False) -> dict:
         figures["up_vs_boot"] = round(up_s / boot, 2)
     figures["up_phases_s"] = (phases.load(paths.lab_dir(settings.name).root / lifecycle.UP_PHASES) or {}).get("phases")
 
-    if uses_layers(settings):
+    if uses_layers(resolve(settings)):
         figures.update(edit_and_retry(settings))
 
     starts = fresh_starts(settings, 1 + len(fix_ids))
@@ -223,11 +224,11 @@ def edit_and_retry(settings: Settings) -> dict:
     other = replace(load(flags={"target": settings.target, "scenario": str(copy),
                                 "name": f"{settings.name}-edit"[:48].rstrip("-")}),
                     libvirt_uri=settings.libvirt_uri, cpus=settings.cpus, memory=settings.memory)
-    before = images.layer_for(settings)
-    after = images.layer_for(other)
+    before = images.layer_for(resolve(settings))
+    after = images.layer_for(resolve(other))
     began = time.monotonic()
     try:
-        images.build(other)
+        images.build(resolve(other))
         built = time.monotonic() - began
         lifecycle.up(other)
         total = time.monotonic() - began
@@ -272,7 +273,7 @@ def matrix_figures(settings: Settings) -> dict:
         base = replace(load(flags={"target": targets[0], "scenario": str(copy)}), libvirt_uri=settings.libvirt_uri,
                        cpus=settings.cpus, memory=settings.memory)
         for target in targets:
-            build(replace(base, target=target, name=f"{base.scenario_data.id}-{target}"[:48]))
+            build(resolve(replace(base, target=target, name=f"{base.scenario_data.id}-{target}"[:48])))
         began = time.monotonic()
         ok = m.run(base, targets, jobs=1)
         seconds = time.monotonic() - began

@@ -23,6 +23,7 @@ from lab.config.settings import Settings
 from lab.core import console
 from lab.core.errors import LabError, SettingError, TestbedError
 from lab.host import libvirt
+from lab.machine.resolve import use_libvirt
 
 T = TypeVar("T")
 MEMORY_MARGIN_MIB = 256
@@ -63,7 +64,7 @@ def _label(uri: str) -> str:
 def _in_context(settings: Settings, uri: str, fn: Callable[[], T]) -> T:
     """fn() with its libvirt calls going to uri (in a copy of the context: the caller's is left alone)."""
     def call() -> T:
-        libvirt.use(replace(settings, libvirt_uri=uri))
+        use_libvirt(replace(settings, libvirt_uri=uri))
         return fn()
     return contextvars.copy_context().run(call)
 

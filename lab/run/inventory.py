@@ -17,6 +17,7 @@ from lab.core import paths
 from lab.core.errors import LabError
 from lab.host import libvirt
 from lab.machine import lifecycle, state
+from lab.machine.resolve import use_libvirt
 from lab.machine.vagrant import LabVagrant
 from lab.run import record
 
@@ -104,7 +105,7 @@ def _domain(settings: Settings, lab: paths.LabDir, hosts: dict[str, tuple[bool, 
         except LabError as exc:
             return f"vagrant status failed: {exc.message[:80]}"
     try:
-        libvirt.use(settings)
+        use_libvirt(settings)
         if settings.libvirt_uri not in hosts:
             hosts[settings.libvirt_uri] = libvirt.reach()
         answers, why = hosts[settings.libvirt_uri]

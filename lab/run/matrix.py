@@ -21,6 +21,7 @@ from lab.core.files import write_files
 from lab.host.probes import sources_silent
 from lab.images.build import built_here
 from lab.machine import lifecycle, state
+from lab.machine.resolve import resolve
 from lab.run import engine, record
 from lab.run.hosts import Host, HostPool
 from lab.run.record import RecordError, RunRecord
@@ -39,7 +40,7 @@ def why_not(settings: Settings) -> str:
     """Why a lab of these settings cannot run from this host, as a probe finds it now ("" when it
     can): each source its target downloads (Target.sources), the build's only while there is no box
     (settings.box, or the cache has it), must answer at one of its URLs."""
-    has_box = built_here(settings)
+    has_box = built_here(resolve(settings))
     return sources_silent(settings.target_data.sources, lambda key: str(getattr(settings, key)), has_box)
 
 

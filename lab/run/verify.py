@@ -6,6 +6,7 @@ from __future__ import annotations
 from lab.config.settings import Settings
 from lab.core import paths
 from lab.machine import lifecycle, state
+from lab.machine.resolve import resolve
 from lab.machine.state import Phase
 from lab.machine.testbed import VmTestbed
 from lab.render.lab import facts_for_render
@@ -18,12 +19,12 @@ ISOLATIONS = ("snapshot", "teardown")
 
 def lab_plan(settings: Settings) -> Plan:
     """The scenario rendered for the lab, with the facts lab.up rendered the lab with."""
-    return plan(settings, lifecycle.load_facts(paths.lab_dir(settings.name)))
+    return plan(resolve(settings), lifecycle.load_facts(paths.lab_dir(settings.name)))
 
 
 def list_fixes(settings: Settings) -> list[tuple[str, str, str]]:
     """(id, title, expected outcome) of every fix of the scenario on the settings' target."""
-    return engine.list_fixes(plan(settings, facts_for_render(settings.name)))
+    return engine.list_fixes(plan(resolve(settings), facts_for_render(settings.name)))
 
 
 def verify(settings: Settings, only: tuple[str, ...] = (), step_mode: bool = False,
