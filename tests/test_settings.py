@@ -141,3 +141,20 @@ def test_saved_settings_are_validated_again(tmp_path: Path) -> None:
     assert '"db usr"' in text
     with pytest.raises(SettingError, match="'name'"):
         settings.from_json(text, "saved")
+
+
+def test_a_flag_of_a_settings_key_takes_its_help_from_the_one_table() -> None:
+    """Issue 21: each key declared once (default, check, when it applies, help); the tasks' flag
+    help is read from there, not written a second time."""
+    import subprocess
+    import sys
+
+    from lab.cli import tasks
+    from lab.config.settings import HELP
+
+    for flag in tasks.LAB_FLAGS:
+        if flag != "config":
+            assert HELP[flag] and tasks.FLAG_HELP[flag] == HELP[flag], flag
+    shown = subprocess.run([sys.executable, "-m", "invoke", "--help", "lab.up"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+    assert "state lives in .lab/NAME/" in " ".join(shown.split())

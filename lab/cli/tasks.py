@@ -19,14 +19,18 @@ from rich.markup import escape
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, user_path
 
+
+def settings_help() -> dict[str, str]:
+    """The help of every settings key that has a task flag, from the one table of settings."""
+    from lab.config.settings import HELP
+
+    return dict(HELP)
+
+
+# A settings key's flag help is declared with the key (lab.config.settings.HELP); these are the rest.
 FLAG_HELP = {
-    "target": "target to use: trusty, bookworm, bookworm-unified or trixie (lab.toml: target; see lab.scenarios)",
-    "scenario": "a shipped scenario id (see lab.scenarios) or a scenario folder (lab.toml: scenario)",
-    "provider": "virtualbox, libvirt or auto (lab.toml: provider)",
-    "name": "lab name, default <scenario>-<target>; state lives in .lab/NAME/",
+    **settings_help(),
     "config": "settings file to read instead of ./lab.toml",
-    "libvirt_uri": "libvirt host: qemu:///system (default) or qemu+ssh://[user@]host[:port]/system[?keyfile=PATH"
-                   "&known_hosts=PATH] (lab.toml: libvirt_uri)",
     "verbose": "print every line the tools print",
 }
 

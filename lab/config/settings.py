@@ -139,9 +139,10 @@ VM = "vm"  # frozen into the lab's VM at lab.up: a new value needs lab.destroy, 
 NAMES = "names"  # names the lab: chooses which lab a command acts on
 
 
-def key(default: object, check: Callable[..., object], applies: str) -> Any:
-    """A settings key: its default, its check (key, value, source) -> value, and when it applies."""
-    return field(default=default, metadata={"check": check, "applies": applies})
+def key(default: object, check: Callable[..., object], applies: str, help: str = "") -> Any:
+    """A settings key: its default, its check (key, value, source) -> value, when it applies, and
+    its help (shown for its task flag, --KEY, where a task has one)."""
+    return field(default=default, metadata={"check": check, "applies": applies, "help": help})
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,14 @@ class Settings:
     """The validated settings of one lab; the only thing the engine reads. Timeouts in seconds,
     memory in MiB."""
 
-    target: str = key("trusty", _choice(lambda: tuple(all_targets())), VM)
-    scenario: str = key(scenarios.DEFAULT_SCENARIO, _scenario, VM)
-    provider: str = key("auto", _choice(PROVIDERS), VM)
+    target: str = key("trusty", _choice(lambda: tuple(all_targets())), VM,
+                      "target to use: trusty, bookworm, bookworm-unified or trixie (lab.toml: target; "
+                      "see lab.scenarios)")
+    scenario: str = key(scenarios.DEFAULT_SCENARIO, _scenario, VM,
+                        "a shipped scenario id (see lab.scenarios) or a scenario folder (lab.toml: scenario)")
+    provider: str = key("auto", _choice(PROVIDERS), VM, "virtualbox, libvirt or auto (lab.toml: provider)")
     name: str = key("", _pattern(LAB_NAME, "lower-case letters, digits and '-', starting with a letter, at most 48"),
-                    NAMES)
+                    NAMES, "lab name, default <scenario>-<target>; state lives in .lab/NAME/")
     cpus: int = key(2, _int_in(1, 16), VM)
     memory: int = key(1024, _int_in(512, 32768), VM)
     fixes: tuple[str, ...] = key((), _fixes, RUN)
@@ -169,7 +173,9 @@ class Settings:
     ssh_timeout: int = key(300, _int_in(5, 3600), RUN)
     command_timeout: int = key(300, _int_in(5, 3600), RUN)
     build_timeout: int = key(3600, _int_in(60, 14400), RUN)
-    libvirt_uri: str = key(uris.LOCAL_URI, _libvirt_uri, VM)
+    libvirt_uri: str = key(uris.LOCAL_URI, _libvirt_uri, VM,
+                           "libvirt host: qemu:///system (default) or qemu+ssh://[user@]host[:port]/system"
+                           "[?keyfile=PATH&known_hosts=PATH] (lab.toml: libvirt_uri)")
     libvirt_timeout: int = key(60, _int_in(5, 600), RUN)
     keep_reports: int = key(20, _int_in(1, 10000), RUN)  # verify runs kept in .lab/<name>/reports/ (latest stays)
     reach_timeout: int = key(20, _int_in(5, 3600), RUN)  # how long a lab that is up may leave SSH unanswered
@@ -203,6 +209,7 @@ KEYS = tuple(f.name for f in fields(Settings))
 DEFAULTS = Settings()
 CHECKS: dict[str, Callable[[str, object, str], object]] = {f.name: f.metadata["check"] for f in fields(Settings)}
 APPLIES: dict[str, str] = {f.name: f.metadata["applies"] for f in fields(Settings)}
+HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(Settings) if f.metadata["help"]}
 
 
 def read_config_file(path: Path) -> dict[str, object]:
