@@ -40,19 +40,19 @@ def test_a_log_line_with_an_equals_sign_is_a_note_not_a_field() -> None:
 def test_the_seed_rules_name_each_recorded_outcome() -> None:
     for text, code, want in ((RUNNING_LIMITED, 0, "running"), (RUNNING_UNLIMITED, 0, "unlimited"),
                              (ABORTED, 1, "failing")):
-        facts = judge.facts(judge.parse_observation(text), result(code))
-        assert judge.classify(RULES, facts) == want
+        fields = judge.observed_fields(judge.parse_observation(text), result(code))
+        assert judge.classify(RULES, fields) == want
 
 
 def test_rules_see_exit_code_and_output_and_first_match_wins() -> None:
     rules = [{"outcome": "no-bus", "when": {"output": "Failed to connect to bus"}},
              {"outcome": "works", "when": {"exit_code": "^0$"}},
              {"outcome": "broken"}]
-    no_bus = judge.facts(judge.Observation(), result(1, err="Failed to connect to bus: No medium found\n"))
+    no_bus = judge.observed_fields(judge.Observation(), result(1, err="Failed to connect to bus: No medium found\n"))
     assert judge.classify(rules, no_bus) == "no-bus"
-    assert judge.classify(rules, judge.facts(judge.Observation(), result(0, out="running\n"))) == "works"
-    assert judge.classify(rules, judge.facts(judge.Observation(), result(3))) == "broken"
-    assert judge.classify(rules[:2], judge.facts(judge.Observation(), result(3))) == judge.UNCLASSIFIED
+    assert judge.classify(rules, judge.observed_fields(judge.Observation(), result(0, out="running\n"))) == "works"
+    assert judge.classify(rules, judge.observed_fields(judge.Observation(), result(3))) == "broken"
+    assert judge.classify(rules[:2], judge.observed_fields(judge.Observation(), result(3))) == judge.UNCLASSIFIED
 
 
 def test_a_failure_without_its_signature_is_not_the_bug() -> None:

@@ -12,7 +12,7 @@ from lab.core import errors
 from lab.core.errors import SettingError
 from lab.report import matrix as report
 from lab.run import hosts
-from lab.run.hosts import Host, HostPool
+from lab.run.hosts import HostPool, PoolHost
 
 A, B = "qemu:///system", "qemu+ssh://root@lab-b:2222/system"
 
@@ -26,7 +26,7 @@ def test_parse_checks_each_uri_and_drops_duplicates() -> None:
 
 
 def pool(*rooms: int) -> HostPool:
-    return HostPool([Host(uri=f"qemu+ssh://h{i}/system", label=f"h{i}:22", room=r) for i, r in enumerate(rooms)])
+    return HostPool([PoolHost(uri=f"qemu+ssh://h{i}/system", label=f"h{i}:22", room=r) for i, r in enumerate(rooms)])
 
 
 def test_one_at_a_time_the_labs_alternate_between_hosts() -> None:

@@ -54,7 +54,7 @@ def test_recorded_observations_classify_as_measured(tmp_path: Path, fix_id: str,
     observe = step(f"{fix_id}:observe")
     start = step(f"{fix_id}:start")
     obs = judge.parse_observation(observe["stdout"])
-    observed = judge.classify(p.rules, judge.facts(obs, StepRecord(**start)))
+    observed = judge.classify(p.rules, judge.observed_fields(obs, StepRecord(**start)))
     assert observed == expected
     sigs = judge.matched_signatures(t.signatures, [start["stdout"], start["stderr"], *obs.notes])
     assert judge.judge(t.expected, observed, t.signatures, sigs)

@@ -17,7 +17,7 @@ from markupsafe import Markup
 from lab.core import resources
 from lab.report.cast import HEIGHT, WIDTH
 from lab.report.cast import render as render_cast
-from lab.report.rows import output_lines, redacted_record, try_facts
+from lab.report.rows import output_lines, redacted_record, try_summary
 from lab.run.record import EvidenceRecord, RunRecord, StepRecord, TryRecord, coerce
 from lab.run.verdict import try_words, verdict
 
@@ -168,7 +168,7 @@ def render(rec: RunRecord | dict) -> str:
     assets = player_assets()
 
     def facts(row: TryRecord) -> list[Markup]:
-        return [Markup(f) for f in try_facts(rec, row, code, lambda text: f"<strong>{escape(text)}</strong>")]
+        return [Markup(f) for f in try_summary(rec, row, code, lambda text: f"<strong>{escape(text)}</strong>")]
 
     return environment().get_template("report.html.j2").render(
         rec=rec, v=v, verdict_class={"met": "ok", "stopped": "stopped"}.get(v.state, "not-ok"),

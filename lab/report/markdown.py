@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from lab.report.rows import output_lines, redacted_record, try_facts
+from lab.report.rows import output_lines, redacted_record, try_summary
 from lab.run.record import RunRecord, StepRecord, TryRecord, coerce
 from lab.run.verdict import try_words, verdict
 
@@ -139,8 +139,8 @@ def try_section(number: int, rec: RunRecord, row: TryRecord, steps: list[StepRec
             out += ["", f"{step.title or step.id}:", "", *step_block(step)]
     out += plumbing_note(steps)
     out += ["", f"Observed: **{row.observed}** (expected **{row.expected}**) — {mark(row.ok)} {try_words(rec, row)}."]
-    facts = try_facts(rec, row, code, lambda text: f"**{text}**")
-    out += ["", *(f"- {fact}" for fact in facts)]
+    summary = try_summary(rec, row, code, lambda text: f"**{text}**")
+    out += ["", *(f"- {line}" for line in summary)]
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from lab.run.record import RunRecord, StepRecord, TryRecord, is_plumbing
 
-__all__ = ["REDACTED", "is_plumbing", "output_lines", "redact", "redacted", "redacted_record", "try_facts"]
+__all__ = ["REDACTED", "is_plumbing", "output_lines", "redact", "redacted", "redacted_record", "try_summary"]
 
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
@@ -47,25 +47,25 @@ def output_lines(step: StepRecord) -> list[str]:
     return text.rstrip().splitlines()
 
 
-def try_facts(rec: RunRecord, row: TryRecord, code: Callable[[str], str], strong: Callable[[str], str]) -> list[str]:
+def try_summary(rec: RunRecord, row: TryRecord, code: Callable[[str], str], strong: Callable[[str], str]) -> list[str]:
     """What a try left to say besides its verdict (signatures seen, observed fields, log lines, how it
     was isolated from the next), each item marked up by the format's own code() and strong()."""
-    facts = []
+    lines = []
     if row.error:
-        facts.append(strong(f"broke off: {row.error}"))
+        lines.append(strong(f"broke off: {row.error}"))
     if row.signature_matched:
-        facts.append("failure signature seen: " + "; ".join(code(s) for s in row.signature_matched))
+        lines.append("failure signature seen: " + "; ".join(code(s) for s in row.signature_matched))
     if row.fields:
-        facts.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row.fields.items()))
-    facts += [f"log: {code(line)}" for line in row.notes[-3:]]
+        lines.append("observed: " + ", ".join(code(f"{k}={v}") for k, v in row.fields.items()))
+    lines += [f"log: {code(line)}" for line in row.notes[-3:]]
     if row.kept:
-        facts.append(strong("kept as it failed (--keep-failing): nothing was cleaned up after it"))
+        lines.append(strong("kept as it failed (--keep-failing): nothing was cleaned up after it"))
     elif row.reverted is True:
-        facts.append("cleaned up (and reverted) afterwards")
+        lines.append("cleaned up (and reverted) afterwards")
     elif row.reverted is False:
-        facts.append(strong("could not be cleaned up or reverted"))
+        lines.append(strong("could not be cleaned up or reverted"))
     elif rec.isolation == "snapshot":
         revert = next((r for r in rec.reverts if r.before == row.id), None)
-        facts.append("started from the baseline snapshot" + (f" (restored in {revert.seconds:.1f} s)" if revert
+        lines.append("started from the baseline snapshot" + (f" (restored in {revert.seconds:.1f} s)" if revert
                                                               else " (nothing had run since it was restored)"))
-    return facts
+    return lines

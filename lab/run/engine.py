@@ -524,7 +524,7 @@ def _carry_out(r: Runner, t: PlannedTry, lid: str, rec: TryRecord) -> None:
     if p.observe:
         seen = r.script(f"{lid}:observe", "observe the outcome", p.observe.rel, p.observe)
         obs = judge.parse_observation(seen.stdout)
-    observed = judge.classify(p.rules, judge.facts(obs, start))
+    observed = judge.classify(p.rules, judge.observed_fields(obs, start))
     matched = judge.matched_signatures(t.signatures, [start.stdout, start.stderr, *obs.notes,
                                                       *(f"{k}={v}" for k, v in obs.fields.items())])
     rec.observed, rec.signature_matched, rec.fields, rec.notes = observed, matched, obs.fields, obs.notes[-10:]

@@ -42,8 +42,9 @@ def parse(text: str) -> tuple[str, ...]:
 
 
 @dataclass
-class Host:
-    """One libvirt host of the pool and what it is doing."""
+class PoolHost:
+    """One libvirt host as the matrix pool sees it: its room for labs and what it is doing (the
+    connection itself is lab.host.libvirt.Host)."""
 
     uri: str
     label: str
@@ -81,14 +82,14 @@ def room_on(settings: Settings) -> int:
 class HostPool:
     """Hands out libvirt hosts to labs, one slot per lab, thread-safe."""
 
-    def __init__(self, hosts: list[Host]) -> None:
+    def __init__(self, hosts: list[PoolHost]) -> None:
         self.hosts = hosts
         self._cond = threading.Condition()
 
     @classmethod
     def single(cls, uri: str, room: int) -> HostPool:
         """The matrix without --hosts: its one host, as many labs at once as --jobs says."""
-        return cls([Host(uri=uri, label=_label(uri), room=room)])
+        return cls([PoolHost(uri=uri, label=_label(uri), room=room)])
 
     @classmethod
     def probe(cls, settings: Settings, uris: tuple[str, ...]) -> HostPool:
@@ -96,7 +97,7 @@ class HostPool:
         it has. Raises TestbedError when no host answers."""
         hosts = []
         for uri in uris:
-            host = Host(uri=uri, label=_label(uri))
+            host = PoolHost(uri=uri, label=_label(uri))
             def answers_and_room() -> int:
                 libvirt.ensure_daemons()
                 return room_on(settings)
@@ -114,7 +115,7 @@ class HostPool:
         return cls(hosts)
 
     @contextmanager
-    def slot(self, target: str, pinned: str = "") -> Iterator[Host]:
+    def slot(self, target: str, pinned: str = "") -> Iterator[PoolHost]:
         """A host with room for one more lab (pinned: that host only), held while inside.
         Raises TestbedError when no host (or not the pinned one) is left."""
         with self._cond:
@@ -138,7 +139,7 @@ class HostPool:
                 host.busy -= 1
                 self._cond.notify_all()
 
-    def check(self, settings: Settings, host: Host) -> None:
+    def check(self, settings: Settings, host: PoolHost) -> None:
         """After a lab failed on host: if the host no longer answers, it takes no more labs."""
         ok, why = _in_context(settings, host.uri, libvirt.reach)
         if not ok:

@@ -42,7 +42,7 @@ def parse_observation(text: str) -> Observation:
     return obs
 
 
-def facts(obs: Observation, start: CommandResult | StepRecord) -> dict[str, str]:
+def observed_fields(obs: Observation, start: CommandResult | StepRecord) -> dict[str, str]:
     """The fields rules see: the observed ones plus exit_code and output of the start command."""
     return {**obs.fields, "exit_code": str(start.exit_code), "output": start.stdout + start.stderr}
 

@@ -23,7 +23,7 @@ from lab.images.build import built_here
 from lab.machine import lifecycle, state
 from lab.machine.resolve import resolve
 from lab.run import engine, record
-from lab.run.hosts import Host, HostPool
+from lab.run.hosts import HostPool, PoolHost
 from lab.run.record import RecordError, RunRecord
 from lab.run.verdict import verdict
 from lab.run.verify import verify
@@ -142,7 +142,7 @@ def _on_host(pool: HostPool, s: Settings, target: str, keep: bool, publish_run: 
                 "tries": {}, "kept": False}
 
 
-def _on(pool: HostPool, s: Settings, host: Host, target: str, keep: bool,
+def _on(pool: HostPool, s: Settings, host: PoolHost, target: str, keep: bool,
         publish_run: engine.Publish | None) -> dict:
     if len(pool.hosts) > 1:
         console.info(f"  {target} runs on host {host.label}")
