@@ -337,6 +337,9 @@ class KeepsHelpFlag(Task):
     """A task none of whose flags takes the short form -h, which stays invoke's per-task help."""
 
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        """invoke's Argument options for the flag of parameter name (default: its default value),
+        computed as if "h" were among taken_names, so no flag is given the short form -h. Overrides
+        invoke's Task.arg_opts (not a documented extension point; pyproject.toml bounds invoke <4)."""
         return super().arg_opts(name, default, taken_names | {"h"})
 
 
