@@ -55,6 +55,7 @@ class LibvirtUri:
 
     @property
     def ssh_port(self) -> int:
+        """The SSH port of a qemu+ssh host: the URI's port, 22 when it gives none (also 22 for a local URI)."""
         return self.port or 22
 
     @property

@@ -174,6 +174,9 @@ class Try(Strict):
 
 
 class Baseline(Try):
+    """The baseline try: the command as the admin types it, with no fix applied. The Try fields, but start
+    is required and title has a default."""
+
     title: PerTarget = "the command as the admin types it, no fix"
     start: PerCommand  # type: ignore[assignment,valid-type]
 
@@ -307,14 +310,17 @@ class Scenario:
 
     @property
     def id(self) -> str:
+        """The scenario's id (its scenario.toml's id, e.g. sudo-lxc-cgroups)."""
         return self.model.id
 
     @property
     def file(self) -> Path:
+        """Its scenario.toml: <folder>/scenario.toml."""
         return self.folder / SCENARIO_FILE
 
     @property
     def target_names(self) -> tuple[str, ...]:
+        """The names of the targets the scenario has a table for, in the order of its scenario.toml."""
         return tuple(self.model.targets)
 
     @property
@@ -332,6 +338,8 @@ class Scenario:
         return next(kind for kind, _, f in self.model.tries() if f is fix)
 
     def fix(self, target: str, fix_id: str) -> Fix:
+        """The variant, control or fix with id fix_id that applies on target. Raises LabError (exit 2)
+        naming the scenario, the id (with a did-you-mean) and the ids there are on target."""
         for f in self.fixes_for(target):
             if f.id == fix_id:
                 return f
@@ -340,6 +348,8 @@ class Scenario:
                        hint=f"fixes there: {', '.join(ids) or 'none'}")
 
     def packages(self, target: str) -> tuple[str, ...]:
+        """The Debian packages the scenario adds on target (its targets.<target>.packages; the target's
+        own packages are not included). KeyError for a target the scenario has no table for."""
         return tuple(self.model.targets[target].packages)
 
     def vars_for(self, target: str) -> dict[str, Any]:
@@ -352,9 +362,13 @@ class Scenario:
                      if not p.targets or target in p.targets)
 
     def versions_for(self, target: str) -> str:
+        """The versions command (a shell template, run in the guest for the report) on target: the
+        target's own versions, else the scenario's (default "uname -r"). KeyError for an unknown target."""
         return self.model.targets[target].versions or self.model.versions
 
     def outcome(self, name: str) -> OutcomeDef:
+        """The definition of the outcome called name. KeyError for an undefined name (loading checks that
+        every outcome the scenario uses is defined)."""
         return self.model.outcomes[name]
 
     def evidence_for(self, target: str) -> list[tuple[int, Evidence]]:

@@ -187,6 +187,8 @@ class Settings:
 
     @cached_property
     def target_data(self) -> Target:
+        """The target the setting target names (lab.config.targets), looked up once per Settings value.
+        LabError (exit 2, with a did-you-mean) for an unknown name; a loaded Settings was checked already."""
         return get_target(self.target)
 
     @cached_property
@@ -202,6 +204,8 @@ class Settings:
         return self.fixes or tuple(f.id for f in self.scenario_data.fixes_for(self.target))
 
     def to_json(self) -> str:
+        """Every setting as a JSON object (keys sorted, indented 2): what lab.up writes to the lab's
+        settings.json (lab.machine.lifecycle)."""
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
