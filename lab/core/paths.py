@@ -36,42 +36,53 @@ class LabDir:
 
     @property
     def name(self) -> str:
+        """The lab's name: the last part of root (.lab/<name>)."""
         return self.root.name
 
     @property
     def vagrantfile(self) -> Path:
+        """The rendered Vagrantfile: <root>/Vagrantfile."""
         return self.root / "Vagrantfile"
 
     @property
     def settings_file(self) -> Path:
+        """The settings the lab was rendered with, as JSON (Settings.to_json): <root>/settings.json."""
         return self.root / "settings.json"
 
     @property
     def ssh_dir(self) -> Path:
+        """The lab's SSH folder (its key pair and known_hosts): <root>/ssh."""
         return self.root / "ssh"
 
     @property
     def private_key(self) -> Path:
+        """The lab's private SSH key (ed25519, made by lab.up): <root>/ssh/id_ed25519."""
         return self.ssh_dir / "id_ed25519"
 
     @property
     def public_key(self) -> Path:
+        """The lab's public SSH key, OpenSSH format: <root>/ssh/id_ed25519.pub."""
         return self.ssh_dir / "id_ed25519.pub"
 
     @property
     def known_hosts(self) -> Path:
+        """The guest's host key, pinned from its QEMU guest agent channel (lab.images.identity):
+        <root>/ssh/known_hosts."""
         return self.ssh_dir / "known_hosts"
 
     @property
     def reports(self) -> Path:
+        """The verify runs' folders (one per run, and `latest`, a link to the last complete one): <root>/reports."""
         return self.root / "reports"
 
     @property
     def state_file(self) -> Path:
+        """The lab's lifecycle state as JSON (lab.machine.state): <root>/state.json."""
         return self.root / "state.json"
 
     @property
     def lock_file(self) -> Path:
+        """The file lab.machine.state flocks so one command at a time acts on the lab: <root>/lock."""
         return self.root / "lock"
 
     @property
