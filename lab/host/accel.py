@@ -165,4 +165,6 @@ def kvm_failed(access: HostAccess | None = None) -> None:
 
 
 def packer_accelerator() -> str:
+    """Packer qemu builder's `accelerator` for an image built on this machine: "kvm" when a real guest
+    ran under KVM here (kvm_usable, cached per boot and qemu binary; kvm_failed turns it off), else "tcg"."""
     return "kvm" if kvm_usable() else "tcg"

@@ -35,6 +35,7 @@ class AgentResult:
 
     @property
     def failed(self) -> bool:
+        """The command exited non-zero or was killed by a signal (exit_code -1)."""
         return self.exit_code != 0
 
 

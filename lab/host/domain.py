@@ -55,6 +55,8 @@ class SaveHeader:
 
     @property
     def stream_offset(self) -> int:
+        """Where QEMU's migration stream starts, in bytes from the file's start: header_size() + data_len
+        (data_len covers the XML, the cookie and their padding)."""
         return header_size() + self.data_len
 
     @property

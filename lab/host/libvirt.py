@@ -48,6 +48,7 @@ class Host:
 
     @property
     def remote(self) -> bool:
+        """The host is reached over SSH (a qemu+ssh:// URI; access holds how), not this machine's daemon."""
         return self.access is not None
 
 
@@ -201,10 +202,13 @@ def reach() -> tuple[bool, str]:
 
 
 def reachable() -> bool:
+    """Whether the current libvirt host's libvirtd answers `virsh version` (reach()'s first half). False
+    without virsh; TestbedError (exit 3) only when virsh does not finish within max(15 s, libvirt_timeout)."""
     return reach()[0]
 
 
 def systemd_is_init() -> bool:
+    """systemd is PID 1 on this machine: /run/systemd/system is a directory (the test sd_booted(3) uses)."""
     return Path("/run/systemd/system").is_dir()
 
 

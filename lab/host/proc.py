@@ -66,6 +66,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """The process exited 0."""
         return self.exit_code == 0
 
 

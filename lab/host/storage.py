@@ -37,6 +37,9 @@ def path(name: str) -> str:
 
 
 def exists(name: str) -> bool:
+    """Whether `virsh vol-info --pool default NAME` succeeds on the current libvirt host. Any failure of
+    vol-info reads as False (not only libvirt's "Storage volume not found"); raises ToolMissing without
+    virsh, TestbedError on a timeout (libvirt_timeout) or a lost remote connection."""
     return libvirt.virsh("vol-info", "--pool", POOL, name).returncode == 0
 
 

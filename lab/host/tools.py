@@ -26,6 +26,8 @@ INSTALL_HINTS = {
 
 
 def hint(tool: str) -> str:
+    """How to install tool (a command name, e.g. "virsh"), for a ToolMissing hint; "see: invoke lab.doctor"
+    for a tool INSTALL_HINTS does not know."""
     return INSTALL_HINTS.get(tool, "see: invoke lab.doctor")
 
 
