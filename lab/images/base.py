@@ -46,22 +46,28 @@ class BaseImage:
 
     @property
     def disk(self) -> Path:
+        """The root filesystem image (ext4, DISK_SIZE_MB MiB, qcow2): <dir>/disk.qcow2."""
         return self.dir / "disk.qcow2"
 
     @property
     def kernel(self) -> Path:
+        """The kernel the VMs boot directly (the newest /boot/vmlinuz-* mmdebstrap installed): <dir>/vmlinuz."""
         return self.dir / "vmlinuz"
 
     @property
     def initrd(self) -> Path:
+        """The initrd that goes with kernel (the newest /boot/initrd.img-*): <dir>/initrd.img."""
         return self.dir / "initrd.img"
 
     @property
     def built(self) -> bool:
+        """The cache holds the image: disk, kernel and initrd are all files (a build renames its whole
+        folder into place, so there is no half image)."""
         return self.disk.is_file() and self.kernel.is_file() and self.initrd.is_file()
 
 
 def images_dir() -> Path:
+    """The cache folder of the base images: $XDG_CACHE_HOME/cgroup-lab/images (one <target>-<key>/ each)."""
     return cache_dir() / "images"
 
 

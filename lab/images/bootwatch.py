@@ -83,6 +83,8 @@ class BootWatch:
                               last_lines(text), hint="raise boot_quiet_timeout if the machine is just slow")
 
     def tail(self) -> str:
+        """The console's last TAIL_LINES non-empty lines, terminal escapes removed: of the text the last
+        check() saw, or of a fresh read when no check saw any output yet."""
         return last_lines(self._last_text or self.read())
 
 

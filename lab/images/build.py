@@ -81,6 +81,8 @@ def layer_users(lab: Lab) -> tuple[str, ...]:
 
 
 def base_for(lab: Lab) -> base.BaseImage:
+    """The lab's base image in the cache (lab.images.base; computed, not built): its target, box_packages
+    and the debian_mirror setting decide its key."""
     return base.base_image(lab.target, box_packages(lab), lab.debian_mirror)
 
 
@@ -188,6 +190,7 @@ def build_inputs(lab: Lab) -> dict[str, str]:
 
 
 def box_key(inputs: dict[str, str]) -> str:
+    """16 hex digits of a sha256 over the sorted key/value pairs of a box's build_inputs."""
     h = hashlib.sha256()
     for k in sorted(inputs):
         h.update(k.encode() + b"\0" + inputs[k].encode() + b"\0")
@@ -195,6 +198,7 @@ def box_key(inputs: dict[str, str]) -> str:
 
 
 def boxes_dir() -> Path:
+    """The cache folder of the Vagrant boxes (trusty): $XDG_CACHE_HOME/cgroup-lab/boxes."""
     return cache_dir() / "boxes"
 
 

@@ -66,18 +66,22 @@ class Layer:
 
     @property
     def prefix(self) -> str:
+        """The stem of the layer's volume names in the pool: cgroup-lab-layer-<key>."""
         return f"cgroup-lab-layer-{self.key}"
 
     @property
     def disk_volume(self) -> str:
+        """The pool volume of the layer's disk (a qcow2 overlay on the base's disk): <prefix>.qcow2."""
         return f"{self.prefix}.qcow2"
 
     @property
     def state_volume(self) -> str:
+        """The pool volume of the provisioned VM's saved running state (virsh save): <prefix>.state."""
         return f"{self.prefix}.state"
 
     @property
     def mac(self) -> str:
+        """The guest's MAC address: the base's (the saved RAM knows it, so every VM of the layer keeps it)."""
         return self.base.mac
 
 

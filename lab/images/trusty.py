@@ -19,6 +19,8 @@ from lab.render.lab import LabFacts, default_network_octet, provision_plan, rend
 
 
 def packer_source(provider: str) -> str:
+    """The Packer source of packer/trusty.pkr.hcl that builds for provider: "virtualbox-iso.trusty" for
+    virtualbox, "qemu.trusty" for any other (libvirt)."""
     return "virtualbox-iso.trusty" if provider == "virtualbox" else "qemu.trusty"
 
 
@@ -33,6 +35,10 @@ def kernel_stage_scripts(lab: Lab) -> list[tuple[str, str]]:
 
 
 def build_trusty(lab: Lab, work: Path, verbose: bool) -> Path:
+    """Run `packer build` of the trusty box in work (a scratch folder: the kernel stage's scripts,
+    vars.json, Packer's output), bounded by the build_timeout setting (seconds); returns the box file,
+    <work>/trusty-<provider>.box. Raises ToolMissing without packer, TestbedError (exit 3) when Packer
+    fails or times out. verbose: show Packer's lines as they come."""
     provider = lab.provider
     scripts = []
     for name, text in kernel_stage_scripts(lab):

@@ -48,26 +48,34 @@ class HostBase:
 
     @property
     def prefix(self) -> str:
+        """The stem of the disk's and state's volume names: cgroup-lab-base-<target>-<state_key>."""
         return f"cgroup-lab-base-{self.image.target}-{self.state_key}"
 
     @property
     def disk_volume(self) -> str:
+        """The pool volume of the disk the state was saved with (a qcow2 upload of the image's disk):
+        <prefix>.qcow2."""
         return f"{self.prefix}.qcow2"
 
     @property
     def state_volume(self) -> str:
+        """The pool volume of the booted base's saved running state (virsh save): <prefix>.state."""
         return f"{self.prefix}.state"
 
     @property
     def kernel_volume(self) -> str:
+        """The pool volume of the image's kernel (raw): cgroup-lab-base-<target>-<image key>.vmlinuz (keyed
+        by the image, not the machine shape)."""
         return f"cgroup-lab-base-{self.image.target}-{self.image.key}.vmlinuz"
 
     @property
     def initrd_volume(self) -> str:
+        """The pool volume of the image's initrd (raw): cgroup-lab-base-<target>-<image key>.initrd."""
         return f"cgroup-lab-base-{self.image.target}-{self.image.key}.initrd"
 
     @property
     def mac(self) -> str:
+        """The guest's MAC address, 52:54:00:xx:xx:xx derived from state_key (lab.host.domain.mac_address)."""
         return domain.mac_address(self.state_key)
 
 
@@ -225,6 +233,7 @@ def remove_network(network: str) -> None:
 
 
 def disk_capacity() -> int:
+    """The virtual size of every overlay on a base disk, in bytes: DISK_SIZE_MB MiB (the base filesystem's size)."""
     return DISK_SIZE_MB << 20
 
 
