@@ -16,6 +16,10 @@ from lab.machine.resolve import provider_of, use_libvirt
 
 @dataclass(frozen=True)
 class Check:
+    """One line of lab.doctor: what was checked (name), whether it passed (ok), what was found (detail),
+    how to fix it (hint, shown when it failed), and whether a failure means the lab cannot come up
+    (required; a failed optional check is a yellow "!" and does not make report() False)."""
+
     name: str
     ok: bool
     detail: str

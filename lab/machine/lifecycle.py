@@ -53,6 +53,7 @@ FINGERPRINT_SCRIPT = ("cd / && { find etc/pam.d etc/sudoers.d etc/security var/l
 FINGERPRINT = "sudo sh -c " + shlex.quote(FINGERPRINT_SCRIPT)  # as the admin, over SSH
 
 def domain_name(settings: Settings) -> str:
+    """The libvirt domain of the lab: lab-<name> (libvirt domain names are global on a host)."""
     return f"lab-{settings.name}"
 
 

@@ -49,6 +49,8 @@ class PhaseClock:
         return {"total_s": round(self._last - self.started, 2), "phases": [list(p) for p in self.phases]}
 
     def save(self, path: Path) -> None:
+        """Write as_dict() to path as JSON (lab.up: <lab>/up-phases.json, which lab.bench reads); an
+        OSError goes up as it is."""
         path.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
 
 

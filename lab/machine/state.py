@@ -25,6 +25,8 @@ from lab.core.paths import LabDir
 
 
 class Phase(StrEnum):
+    """Where a lab got to (the module's docstring has the order); the value is what state.json holds."""
+
     ABSENT = "absent"
     RENDERED = "rendered"
     UP = "up"
@@ -50,6 +52,7 @@ class LabState:
 
 
 def now() -> str:
+    """The current time in UTC, to the second, as ISO 8601: YYYY-MM-DDTHH:MM:SSZ."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

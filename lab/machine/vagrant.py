@@ -82,6 +82,9 @@ def box_names(timeout: float = 120) -> set[str]:
 
 
 def box_add(name: str, box_file: Path, timeout: float, on_line: Callable[[str], None] | None = None) -> None:
+    """`vagrant box add --force --name NAME BOX_FILE`: unpack a local .box into Vagrant's store (~/.vagrant.d),
+    replacing a box of that name; its lines go to on_line. Raises ToolMissing without vagrant,
+    TestbedError (exit 3) when it fails or takes longer than timeout seconds."""
     proc.run([tools.vagrant_exe(), "box", "add", "--force", "--name", name, str(box_file)], step="vagrant box add",
              timeout=timeout, waiting_for="the box to be unpacked into ~/.vagrant.d", on_line=on_line,
              env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
