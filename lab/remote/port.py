@@ -49,13 +49,18 @@ PERL_RELAY = ("use IO::Socket::UNIX; $|=1; my $s = IO::Socket::UNIX->new(Peer =>
 class Stream(Protocol):
     """A byte stream both ways with a file descriptor for select: a socket or a paramiko Channel."""
 
-    def sendall(self, data: bytes) -> None: ...
+    def sendall(self, data: bytes) -> None:
+        """Send all of data (bytes), blocking until it is sent; OSError (or paramiko's SSHException) when
+        the other end is gone."""
 
-    def recv(self, size: int) -> bytes: ...
+    def recv(self, size: int) -> bytes:
+        """Up to size bytes that arrived; b"" when the other end closed."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """A file descriptor select() reports readable when recv() has something (or the end closed)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close this end."""
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Ports:
     streams: dict[str, Stream]
 
     def close(self) -> None:
+        """Close every stream (an OSError while closing one is ignored) and forget them."""
         for stream in self.streams.values():
             with contextlib.suppress(OSError):
                 stream.close()

@@ -60,11 +60,21 @@ class Shell:
         return channel
 
     def close(self) -> None:
+        """Close the shell's channel (the shell ends with it); the next run() opens a new one. No-op when closed."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
 
     def run(self, command: str, *, stdin: str | None = None, timeout: float = 300, step: str = "") -> CommandResult:
+        """Run command in this shell (`bash -c COMMAND </dev/null`), opening the channel first when there is
+        none. With stdin, the shell runs stdin itself as the script (`bash -s` from a here-document) and
+        command only names it in messages. timeout: seconds for the whole command (step names it in errors).
+
+        Returns a CommandResult: user (root or the SSH user), exit code (a non-zero exit is returned, not
+        raised), stdout and stderr exactly as printed, seconds on the host from the call to the end, and
+        guest_seconds the guest measured (microsecond resolution). Raises TestbedError (command_failed)
+        when the command does not finish within timeout or the channel or shell breaks off (the shell is
+        closed then: a hung command goes with it); whatever liveness raises goes up as it is."""
         token = "__LAB_" + uuid.uuid4().hex
         started = time.monotonic()
         try:

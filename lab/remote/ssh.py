@@ -104,10 +104,12 @@ class CommandResult:
 
     @property
     def succeeded(self) -> bool:
+        """The command exited 0."""
         return self.exit_code == 0
 
     @property
     def failed(self) -> bool:
+        """The command exited non-zero (or -1: paramiko's value when no exit status came)."""
         return self.exit_code != 0
 
 
@@ -129,6 +131,11 @@ class Jump:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where the guest's sshd listens and how the lab logs in: host (an address, as seen from this
+    machine, or from the jump host when there is one), TCP port, user (the scenario's admin, or root for
+    a layer's build VM), key_file (the private key, e.g. <lab>/ssh/id_ed25519), jump (None: reached
+    directly)."""
+
     host: str
     port: int
     user: str
@@ -156,6 +163,8 @@ def command_failed(exc: BaseException, command: str, step: str, timeout: float, 
 
 
 def split_marker(stderr: str) -> tuple[str, float | None]:
+    """(stderr without the line timed() appended, the guest's seconds from it), or (stderr, None) when it
+    carries no such line (the command ended the shell, the connection broke)."""
     m = MARKER_RE.search(stderr)
     if not m:
         return stderr, None
@@ -194,6 +203,8 @@ class Remote:
         self.close()
 
     def close(self) -> None:
+        """Close the connection to the guest and the one to the jump host; the next run() or transport()
+        connects again. No-op when nothing is open."""
         if self._client is not None:
             self._client.close()
             self._client = None
