@@ -59,6 +59,8 @@ class Findings:
     targets: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, target: str, line: str) -> None:
+        """Record problem line as seen on target ("" for a problem of no one target); a line already
+        recorded only gains the target."""
         if line not in self.targets:
             self.order.append(line)
             self.targets[line] = []
@@ -66,6 +68,8 @@ class Findings:
             self.targets[line].append(target)
 
     def lines(self) -> list[str]:
+        """Every problem once, in the order first seen: "[target, ...] line", or the line alone when no
+        target was named."""
         return [f"[{', '.join(self.targets[line])}] {line}" if self.targets[line] else line for line in self.order]
 
 

@@ -67,6 +67,8 @@ class PackageIndex:
         return seen
 
     def providers(self, command: str) -> list[str]:
+        """The packages whose Contents entries ship a program named command in one of BIN_DIRS; [] for
+        none (a program only update-alternatives makes is not listed: lab.render.check's ALTERNATIVES)."""
         return self.commands.get(command, [])
 
 

@@ -33,6 +33,8 @@ class LabFacts:
 
     @property
     def network_address(self) -> str:
+        """The lab's network in CIDR form, 192.168.<network_octet>.0/24 (the Vagrantfile's
+        management_network_address for vagrant-libvirt)."""
         return f"192.168.{self.network_octet}.0/24"
 
 

@@ -205,6 +205,10 @@ class Renderer:
                 + (f"; fix.vars: {', '.join(fix_vars)}" if extra and "fix" in extra else ""))
 
     def text(self, value: Any, where: str, extra: dict[str, Any] | None = None) -> str:
+        """value (a text, or a table per target: "" where it has no entry for this target) rendered as a
+        jinja2 template with the lab's context and extra (e.g. {"fix": {...}}), whitespace stripped.
+        where: its key path in scenario.toml (e.g. "fixes[f1].title"). Raises LabError naming the file
+        and key path on a syntax error or an undefined value (its hint lists the vars defined)."""
         value = sc.per_target(value, self.target, "")
         try:
             return render_string(self.env, str(value), {**self.ctx, **(extra or {})},
@@ -215,6 +219,9 @@ class Renderer:
             raise
 
     def script(self, rel: Any, where: str, extra: dict[str, Any] | None = None) -> PlannedScript | None:
+        """The script file rel (a path relative to the scenario folder, ../shared/X for the shared folder;
+        or a table per target) rendered with the lab's context and extra; None when there is none on this
+        target. Raises LabError for a missing file, a syntax error or an undefined value (naming where)."""
         rel = sc.per_target(rel, self.target, "")
         if not rel:
             return None
@@ -223,6 +230,10 @@ class Renderer:
         return PlannedScript(rel=rel, text=text)
 
     def command(self, c: Any, where: str, extra: dict[str, Any] | None = None) -> PlannedCommand:
+        """The command c (a Command, or a table of them per target) on this target, every field rendered
+        and wrapped for its via (wrap): what is shown and what the runner's channel runs. Raises LabError
+        naming file and key path when there is no command for the target, when its user (as rendered) is
+        neither the admin nor an unprivileged user of the scenario, or when a field does not render."""
         one = sc.resolve_command(c, self.target)
         if one is None:
             raise LabError(f"{self.file}: {where}: no command for target {self.target}")
@@ -240,6 +251,10 @@ class Renderer:
                               why=self.text(one.why, f"{where}.why", extra), typed=typed, source=f"{where}.command")
 
     def attempt(self, t: sc.Try, tid: str, where: str, baseline: sc.Baseline, kind: str) -> PlannedTry:
+        """The try t planned for this target: tid its id ("baseline" or the fix's id), where its key path
+        (e.g. "fixes[f1]"), kind baseline, variant, control or fix; baseline's start is used when t has
+        none. Its texts are rendered with {"fix": {"id": tid, "vars": t.vars}}. Raises LabError (as text,
+        script and command do)."""
         fix_ctx = {"fix": {"id": tid, "vars": t.vars}}
         start = t.start if t.start is not None else baseline.start
         start_where = f"{where}.start" if t.start is not None else "baseline.start"
