@@ -21,6 +21,8 @@ DIM, CYAN, RESET = "\x1b[2m", "\x1b[36m", "\x1b[0m"
 
 
 def timestamp(started_at: str) -> int | None:
+    """A record's started_at (UTC, YYYY-MM-DDTHH:MM:SSZ) as Unix seconds, for the header; None when it is not
+    in that form (an old or damaged record)."""
     try:
         return calendar.timegm(time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ"))
     except (TypeError, ValueError):
@@ -28,6 +30,8 @@ def timestamp(started_at: str) -> int | None:
 
 
 def header(rec: RunRecord) -> dict:
+    """The asciicast v2 header (first line of the file): version, terminal size WIDTH x HEIGHT columns and
+    rows, timestamp (when started_at reads), title (scenario title and target) and env."""
     head: dict = {"version": 2, "width": WIDTH, "height": HEIGHT}
     stamp = timestamp(rec.started_at)
     if stamp is not None:
@@ -45,15 +49,20 @@ class Recorder:
         self.lines: list[str] = []
 
     def emit(self, at: float, text: str) -> None:
+        """An output event: text printed at `at` seconds from the run's start (rounded to microseconds, and
+        never before the previous event). Empty text adds nothing."""
         if not text:
             return
         self.now = max(self.now, round(at, 6))
         self.lines.append(json.dumps([self.now, "o", text], ensure_ascii=False))
 
     def comment(self, at: float, text: str) -> None:
+        """A dim "# text" line at `at` seconds."""
         self.emit(at, f"{DIM}# {text}{RESET}\r\n")
 
     def typed(self, at: float, user: str, command: str, budget: float) -> None:
+        """The prompt "user$ " at `at` seconds, then command typed in at most TYPING_CHUNKS pieces over
+        min(TYPING_SECONDS, budget / 2) seconds (budget: the step's own seconds), then a line end."""
         self.emit(at, f"{CYAN}{user}${RESET} ")
         size = max(1, -(-len(command) // TYPING_CHUNKS))
         chunks = [command[i:i + size] for i in range(0, len(command), size)]
@@ -64,10 +73,14 @@ class Recorder:
 
 
 def section_of(step_id: str, rows: list[TryRecord]) -> TryRecord | None:
+    """The try a step belongs to (step ids are "<try id>:..."); None for a step of no try (preflight,
+    evidence, teardown)."""
     return next((row for row in rows if step_id.startswith(f"{row.id}:")), None)
 
 
 def close(rec: Recorder, record: RunRecord, row: TryRecord | None, at: float) -> None:
+    """The comment that ends a try's section at `at` seconds: ✓ or ✗, its id and its verdict's words
+    (lab.run.verdict.try_words); nothing for None."""
     if row:
         rec.comment(at, f"{'✓' if row.ok else '✗'} {row.id}: {try_words(record, row)}")
 

@@ -20,14 +20,19 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def clean(text: str) -> str:
+    """text with every character XML 1.0 cannot carry (control characters but tab and line ends,
+    surrogates, U+FFFE, U+FFFF) written as a visible escape of its code point in hex (ESC: \\x1b)."""
     return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def seconds(value: float) -> str:
+    """Seconds as JUnit's time attribute: three decimals ("1.500")."""
     return f"{value:.3f}"
 
 
 def child(parent: ET.Element, tag: str, text: str = "", **attrs: str) -> ET.Element:
+    """A new element tag under parent, with attrs and text (none when empty) passed through clean();
+    returns it."""
     element = ET.SubElement(parent, tag, {k: clean(v) for k, v in attrs.items()})
     if text:
         element.text = clean(text)
@@ -94,6 +99,9 @@ def run_case(suite: ET.Element, classname: str, rec: RunRecord) -> tuple[int, in
 
 
 def properties(suite: ET.Element, rec: RunRecord) -> None:
+    """Add the run's facts to suite as <properties>: the lab's name, target, provider, title, cgroup
+    layout, admin, start time, run and isolation (those set), the scenario id, the versions (one line,
+    " | " between), each evidence block's holds, and the leak sentence when the verdict found one."""
     props = child(suite, "properties")
     for key in ("name", "target", "provider", "title", "cgroup_layout", "admin_user", "started_at", "run",
                 "isolation"):

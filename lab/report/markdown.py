@@ -40,6 +40,8 @@ def fence(body: list[str], lang: str = "console") -> list[str]:
 
 
 def trim(lines: list[str], limit: int = MAX_OUTPUT_LINES) -> list[str]:
+    """lines as they are when there are at most limit; else the first (limit - 1) // 2 and the last
+    lines around one "… N lines …" line, limit lines in all."""
     if len(lines) <= limit:
         return lines
     head = (limit - 1) // 2
@@ -48,10 +50,13 @@ def trim(lines: list[str], limit: int = MAX_OUTPUT_LINES) -> list[str]:
 
 
 def mark(ok: bool) -> str:
+    """✓ for True, ✗ for False."""
     return "✓" if ok else "✗"
 
 
 def step_block(step: StepRecord) -> list[str]:
+    """A step as Markdown lines: a console fence with the prompt, command and its output (trimmed), then
+    its exit code, seconds, what was expected and ✓ or ✗."""
     lines = fence([f"{step.user}$ {step.command}", *trim(output_lines(step))])
     expectation = {"fail": "expected to fail", "any": "any exit status"}.get(
         step.expected, f"expected to {step.expected}" if step.expected.startswith("exit ") else "expected to succeed")
@@ -60,6 +65,8 @@ def step_block(step: StepRecord) -> list[str]:
 
 
 def plumbing_note(steps: list[StepRecord]) -> list[str]:
+    """A blank line and an italic note counting the plumbing steps among steps (by the last part of their
+    ids) and naming the failed ones in bold; [] when there is none."""
     plumbing = [s for s in steps if s.plumbing]
     if not plumbing:
         return []
@@ -71,6 +78,8 @@ def plumbing_note(steps: list[StepRecord]) -> list[str]:
 
 
 def header(rec: RunRecord) -> list[str]:
+    """The transcript's top as Markdown lines: the title, what ran where and when with which isolation,
+    the scenario's explanation, the target's note, its sources and the isolation note (when given)."""
     sc = rec.scenario
     out = [
         f"# cgroup lab: {rec.title}",
@@ -96,6 +105,8 @@ ISOLATION_WORDS = {"snapshot": "every try started from the baseline snapshot",
 
 
 def versions(rec: RunRecord) -> list[str]:
+    """The "Versions in the guest" section (one code item per non-empty line of the versions command's
+    output); [] when there were none."""
     lines = [line.strip() for line in rec.versions.splitlines() if line.strip()]
     if not lines:
         return []
@@ -103,6 +114,9 @@ def versions(rec: RunRecord) -> list[str]:
 
 
 def evidence(rec: RunRecord) -> list[str]:
+    """One section per evidence block with columns: a table of the commands' outputs side by side, one
+    non-empty line per row, lines every column shows in bold, then whether the outputs were as expected
+    (same, differ, any). Every block's heading is numbered 1 (the tries start at 2)."""
     out: list[str] = []
     for n, ev in enumerate(rec.evidence, start=1):
         if not ev.columns:
@@ -130,6 +144,9 @@ KIND_WORDS = {"baseline": "the bug", "fix": "fix", "variant": "variant", "contro
 
 
 def try_section(number: int, rec: RunRecord, row: TryRecord, steps: list[StepRecord]) -> list[str]:
+    """Section number of the transcript for one try: its title and kind, why, the expected outcome, each
+    of its story steps (step_block), the plumbing note, the observed outcome with the verdict's words,
+    and try_summary's items."""
     out = ["", f"## {number}. {code(row.id)}: {row.title} ({KIND_WORDS[row.kind]})", ""]
     if row.why:
         out += [row.why, ""]
@@ -145,6 +162,8 @@ def try_section(number: int, rec: RunRecord, row: TryRecord, steps: list[StepRec
 
 
 def matrix(rec: RunRecord) -> list[str]:
+    """The "Fix matrix" section: a table with one row per try (id, kind, title, expected, observed and
+    ✓ as expected, ✗ failed or ■ kept as it failed)."""
     out = ["", "## Fix matrix", "", "| try | kind | title | expected | observed | result |",
            "| --- | --- | --- | --- | --- | --- |"]
     for row in rec.tries:
@@ -155,6 +174,9 @@ def matrix(rec: RunRecord) -> list[str]:
 
 
 def result(rec: RunRecord) -> list[str]:
+    """The "Result" section: the verdict's headline, the step counts (shown, plumbing) and the run's
+    seconds, the steps not as expected, the verdict's notes, and the baseline snapshot's reverts (count
+    and seconds in all) when there were any."""
     v = verdict(rec)
     steps = rec.steps
     plumbing = sum(1 for s in steps if s.plumbing)
