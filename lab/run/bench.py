@@ -38,12 +38,16 @@ RESETS = 3
 
 
 def timed(fn: Callable[..., object], *args: object) -> tuple[float, object]:
+    """(wall seconds fn(*args) took on the monotonic clock, what it returned); what it raises goes up."""
     started = time.monotonic()
     value = fn(*args)
     return time.monotonic() - started, value
 
 
 def vagrant_ssh_seconds(settings: Settings, samples: int) -> list[float]:
+    """Wall seconds of each of samples runs of `vagrant ssh -c true` in the lab's folder (a new SSH login
+    each, Vagrant's own start-up included). Raises ToolMissing without vagrant, TestbedError when one fails
+    or takes over 120 s."""
     lab = paths.lab_dir(settings.name)
     exe = tools.vagrant_exe()
     found = []

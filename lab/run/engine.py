@@ -55,15 +55,23 @@ class Testbed(Protocol):
     name: str
     can_revert: bool
 
-    def connect(self) -> Remote: ...  # a Remote to the admin, not yet connected
+    def connect(self) -> Remote:
+        """A Remote to the admin, not yet connected."""
 
-    def alive(self) -> None: ...  # TestbedError when the machine is gone
+    def alive(self) -> None:
+        """Return when the machine still runs; TestbedError (exit 3) when it is gone."""
 
-    def revert(self) -> str: ...  # back to the baseline snapshot; returns how
+    def revert(self) -> str:
+        """Back to the baseline snapshot (disk and memory); returns how (e.g. "loadvm"). Every SSH connection
+        to the guest is dead afterwards. TestbedError when it cannot revert."""
 
-    def ports(self) -> Ports | None: ...  # the port shells' host ends, connected, or None
+    def ports(self) -> Ports | None:
+        """The port shells' host ends, connected, or None for a lab without them; TestbedError when the lab
+        has them but they cannot be reached."""
 
-    def prove_baseline(self, run: Callable[[str], CommandResult]) -> str: ...  # TestbedError unless it is the baseline
+    def prove_baseline(self, run: Callable[[str], CommandResult]) -> str:
+        """Fingerprint the guest with run (a command as the admin) and return the fingerprint; TestbedError
+        when it is not the baseline lab.up recorded."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class Runner:
 
     @property
     def snapshot(self) -> bool:
+        """The run keeps tries apart by snapshot isolation (each from the baseline snapshot), not teardown."""
         return self.rec.isolation == "snapshot"
 
     # --- the connection ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ class LabRow:
     verified_at: str
 
     def as_dict(self) -> dict[str, str]:
+        """The row as {field name: text}, every field (lab.list --json)."""
         return asdict(self)
 
 

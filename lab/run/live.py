@@ -58,10 +58,15 @@ class Live:
             self.step_mode = False
 
     def versions(self, text: str) -> None:
+        """Open the run on the terminal: a rule with the scenario's title and the target's, then the versions
+        command's output (text; its last MAX_LINES non-empty lines) on one dim line, " | " between."""
         console.rule(f"[bold]{escape(self.plan.title)}[/] [dim]on {escape(self.plan.target_title)}[/]")
         console.print(f"[dim]guest: {escape(' | '.join(salient(text)))}[/]")
 
     def evidence(self, ev: PlannedEvidence, steps: list[StepRecord], holds: bool) -> None:
+        """Show one evidence block: its title and why, a table with one column per command (steps, one per
+        command of ev, at least one) and the lines every column shows in yellow, then whether the outputs
+        are as ev.expect wants (holds)."""
         console.print(f"\n[bold]Evidence[/] — {escape(ev.title)}")
         if ev.why:
             console.print(f"[dim]{escape(ev.why)}[/]")
@@ -80,6 +85,8 @@ class Live:
                       + ("" if holds else ": the bug's precondition does not hold here"))
 
     def pause(self, next_id: str, after: str) -> None:
+        """--step: name the next try (next_id) and wait for one key press; q (or Q) raises Stop(after),
+        after naming what ran last; any other key goes on. Returns at once without step mode."""
         if not self.step_mode:
             return
         console.print(f"[dim]next: {escape(next_id)} — Enter or space to go on, q to stop and restore: [/]", end="")
@@ -89,21 +96,29 @@ class Live:
             raise Stop(after)
 
     def try_header(self, label: str, t: PlannedTry, announce: str = "") -> None:
+        """A panel opening try t: its title, why and expected outcome (with the outcome's words), headed
+        announce, else "baseline: the bug" for the baseline, else "<kind> <label>" (label: the try's id as
+        recorded)."""
         head = announce or ("baseline: the bug" if label == "baseline" else f"{t.kind} {label}")
         console.print(Panel(f"[bold]{escape(t.title)}[/]\n[dim]{escape(t.why)}[/]\n"
                             f"expected: {escape(t.expected)} ({escape(outcome_words(self.plan.outcomes, t.expected))})",
                             title=escape(head), title_align="left", expand=True))
 
     def before(self, command: str, user: str) -> None:
+        """The prompt "user$" and the command as the admin would type it, before it runs."""
         console.print(f"[cyan]{escape(user)}$[/] {escape(command)}")
 
     def after(self, step: StepRecord) -> None:
+        """What a step printed (the last MAX_LINES non-empty lines of stdout and stderr, each cut at 200
+        characters), then its exit code and seconds (the guest's own seconds too, when measured)."""
         for line in salient(step.stdout + "\n" + step.stderr):
             console.print(f"   [dim]{escape(line[:200])}[/]")
         guest = f", guest {step.guest_seconds:.2f}s" if step.guest_seconds is not None else ""
         console.print(f"   [dim]exit {step.exit_code} in {step.seconds:.2f}s{guest}[/]")
 
     def outcome(self, run: RunRecord, rec: TryRecord) -> None:
+        """A try's result: the observed fields, its last three log notes, the first signature seen, then ✓
+        (green) or ✗ (red) with the verdict's words (lab.run.verdict.try_words)."""
         shown = ", ".join(f"{k}={v}" for k, v in rec.fields.items())
         if shown:
             console.print(f"   [dim]observed: {escape(shown[:300])}[/]")
@@ -124,16 +139,22 @@ class Live:
             console.print(f"[yellow]{escape(note)}[/]")
 
     def reverted_snapshot(self, done: Revert) -> None:
+        """One dim line for a return to the baseline snapshot: before which try, how, its seconds and the
+        seconds until the shells answered again."""
         console.print(f"[dim]↺ baseline snapshot restored for {escape(done.before)} ({done.how}, {done.seconds:.1f}s; "
                       f"shells again after {done.until_shells:.1f}s)[/]")
 
     def reverted(self, fix_id: str, step: StepRecord) -> None:
+        """After a fix's revert script (step): a dim "reverted" line, or a red line with its stderr when it
+        failed."""
         if step.ok:
             console.print(f"   [dim]reverted {escape(fix_id)}[/]")
         else:
             console.print(f"[red]✗ could not revert {escape(fix_id)}: {escape(step.stderr.strip())}[/]")
 
     def kept(self, try_id: str, lab: str, snapshot: bool) -> None:
+        """--keep-failing: try_id was left as it failed on lab (by name); says what was left undone, how to
+        look around (lab.ssh) and how the lab gets back to its baseline (snapshot: the run's isolation)."""
         state = "nothing reverted or torn down" if snapshot else "fix applied, nothing torn down"
         back = ("the next lab.verify starts from the baseline snapshot (or: invoke lab.reset)" if snapshot else
                 "the next lab.verify reverts every fix first (or: invoke lab.reset)")
@@ -142,6 +163,7 @@ class Live:
                       f"  back to the baseline: {back}")
 
     def written(self, path: Path) -> None:
+        """One dim line naming a report file the run wrote."""
         console.print(f"[dim]report: {escape(str(path))}[/]", soft_wrap=True)
 
     def summary(self, rec: RunRecord) -> None:

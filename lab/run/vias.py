@@ -34,8 +34,12 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
 
 
 class RootShell(Protocol):
+    """What run_cron needs: a shell that runs commands as root in the guest (lab.remote.shell.Shell with
+    as_root, or the root shell on a virtio-serial port)."""
+
     def run(self, command: str, *, stdin: str | None = None, timeout: float = 300, step: str = "") -> CommandResult:
-        ...
+        """Run a root script (run_cron passes it as both command and stdin) within timeout seconds; the
+        result, a non-zero exit included. Raises TestbedError on a timeout or a lost connection."""
 
 
 def cron_line(command: str, job: str) -> str:
