@@ -66,8 +66,9 @@ class LabDir:
 
     @property
     def known_hosts(self) -> Path:
-        """The guest's host key, pinned from its QEMU guest agent channel (lab.images.identity):
-        <root>/ssh/known_hosts."""
+        """The guest's pinned SSH host key: written at lab.up from the guest agent's channel for a lab
+        started from an image (lab.images.identity), else pinned at the first SSH contact (lab.remote.ssh);
+        lab.destroy deletes it. <root>/ssh/known_hosts."""
         return self.ssh_dir / "known_hosts"
 
     @property
