@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.core import errors, paths
-from lab.host import libvirt
+from lab.host import libvirt, storage
 from lab.machine.phases import VAGRANT_MARKS, PhaseClock
 
 
@@ -93,8 +93,9 @@ def libvirtd_not_answering() -> Iterator[None]:
     lambda: libvirt.network_active("lab-x"), lambda: libvirt.domain_exists("lab-x"),
     lambda: libvirt.guest_address("lab-x"), lambda: libvirt.cleanup("lab-x", "lab-x", "owner"),
     lambda: libvirt.used_octets("lab-x"), lambda: libvirt.network_users("lab-x"),
+    lambda: storage.exists("lab-x.qcow2"), lambda: storage.delete("lab-x.qcow2"),
 ], ids=["domain_state", "domain_owner", "snapshots", "network_active", "domain_exists", "guest_address", "cleanup",
-        "used_octets", "network_users"])
+        "used_octets", "network_users", "volume_exists", "volume_delete"])
 def test_any_other_virsh_failure_is_a_testbed_error_quoting_virsh(libvirtd_not_answering: None, call) -> None:  # type: ignore[no-untyped-def]
     """main read each of these as "no such domain" (or no owner, no snapshot), so lab.up could start
     over on a lab that is there."""

@@ -192,6 +192,18 @@ def test_markdown_differing_evidence(record: RunRecord) -> None:
     assert "**`0::/user.slice/user-1002.slice/session-16.scope`**" not in text
 
 
+def test_markdown_numbers_several_evidence_blocks_apart(record: RunRecord) -> None:
+    """One block is section 1; several are 1.1, 1.2 (each heading was "## 1." before)."""
+    assert "\n## 1. Evidence: " in markdown.render(record)
+    two = record.model_copy(deep=True)
+    second = two.evidence[0].model_copy(deep=True)
+    second.title = "the second block"
+    two.evidence.append(second)
+    text = markdown.render(two)
+    assert "\n## 1.1 Evidence: " in text and "\n## 1.2 Evidence: the second block" in text
+    assert "\n## 1. " not in text
+
+
 # --- secrets and files -----------------------------------------------------------------------------
 
 def test_redact() -> None:

@@ -23,7 +23,8 @@ def state_root(project_dir: Path | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """$LAB_CACHE_DIR_OVERRIDE is for tests; otherwise $XDG_CACHE_HOME/cgroup-lab."""
+    """The cache of built images and boxes: $XDG_CACHE_HOME/cgroup-lab (default ~/.cache/cgroup-lab);
+    tests point XDG_CACHE_HOME elsewhere."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cgroup-lab"
 

@@ -37,10 +37,11 @@ def path(name: str) -> str:
 
 
 def exists(name: str) -> bool:
-    """Whether `virsh vol-info --pool default NAME` succeeds on the current libvirt host. Any failure of
-    vol-info reads as False (not only libvirt's "Storage volume not found"); raises ToolMissing without
-    virsh, TestbedError on a timeout (libvirt_timeout) or a lost remote connection."""
-    return libvirt.virsh("vol-info", "--pool", POOL, name).returncode == 0
+    """Whether the volume `name` is in the default pool of the current libvirt host: False only when
+    libvirt says "Storage volume not found" (libvirt.lookup); raises TestbedError quoting virsh for
+    any other failure (permissions, libvirtd not answering, a lost remote connection, a timeout of
+    libvirt_timeout), ToolMissing without virsh."""
+    return libvirt.lookup("volume", "vol-info", "--pool", POOL, name) is not None
 
 
 def refresh() -> None:

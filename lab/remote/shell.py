@@ -74,7 +74,7 @@ class Shell:
         raised), stdout and stderr exactly as printed, seconds on the host from the call to the end, and
         guest_seconds the guest measured (microsecond resolution). Raises TestbedError (command_failed)
         when the command does not finish within timeout or the channel or shell breaks off (the shell is
-        closed then: a hung command goes with it); whatever liveness raises goes up as it is."""
+        closed then: a hung command goes with it); whatever liveness raises goes up as it is, the shell closed."""
         token = "__LAB_" + uuid.uuid4().hex
         started = time.monotonic()
         try:
@@ -85,6 +85,9 @@ class Shell:
         except (OSError, paramiko.SSHException, EOFError) as exc:  # TimeoutError is an OSError
             self.close()  # a hung command goes with its shell; the next call opens a new one
             raise command_failed(exc, command, step, timeout, self.label) from None
+        except BaseException:  # liveness said the VM is gone, or Ctrl-C: the command's output is lost
+            self.close()
+            raise
         m = re.search(rf"\n{token} (-?\d+) (\d+)\n", out)
         assert m is not None
         return CommandResult(command=command, user=self.user, exit_code=int(m.group(1)),

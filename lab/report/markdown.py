@@ -116,15 +116,15 @@ def versions(rec: RunRecord) -> list[str]:
 def evidence(rec: RunRecord) -> list[str]:
     """One section per evidence block with columns: a table of the commands' outputs side by side, one
     non-empty line per row, lines every column shows in bold, then whether the outputs were as expected
-    (same, differ, any). Every block's heading is numbered 1 (the tries start at 2)."""
+    (same, differ, any). The blocks are section 1 (1.1, 1.2, ... when there are several; the tries start at 2)."""
     out: list[str] = []
     for n, ev in enumerate(rec.evidence, start=1):
         if not ev.columns:
             continue
         listings = [[x.strip() for x in c.output.splitlines() if x.strip()] for c in ev.columns]
         common = set(listings[0]).intersection(*listings[1:])
-        title = "Evidence" if len(rec.evidence) == 1 else f"Evidence {n}"
-        out += ["", f"## 1. {title}: {ev.title}", ""]
+        number = "1." if len(rec.evidence) == 1 else f"1.{n}"
+        out += ["", f"## {number} Evidence: {ev.title}", ""]
         if ev.why:
             out += [ev.why, ""]
         out += ["| " + " | ".join(cell(f"{c.user}$ {c.command}") for c in ev.columns) + " |",
