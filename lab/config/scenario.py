@@ -833,6 +833,11 @@ def _cross_problems(folder: Path, text: str, raw: Any, m: ScenarioModel) -> list
 # --- reading the file --------------------------------------------------------------------------
 
 
+def _first_line(lines: list[str], before: int | None, pattern: str) -> int | None:
+    """The number (from 1) of the first of lines, above line `before`, that matches pattern; None when none does."""
+    return next((i + 1 for i, text in enumerate(lines[: (before or 1) - 1]) if re.match(pattern, text)), None)
+
+
 def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> Problem:
     """A TOML syntax error as one line that names the key, and for a key given twice (a value,
     then a table under it) where the first was set."""
@@ -848,14 +853,12 @@ def toml_problem(file: Path, text: str, exc: tomllib.TOMLDecodeError) -> Problem
         parts = key.split(".")
         for n in range(len(parts) - 1, 0, -1):
             head = ".".join(parts[:n])
-            first = next((i + 1 for i, text_line in enumerate(lines[: (line or 1) - 1])
-                          if re.match(rf"\s*{re.escape(head)}\s*=", text_line)), None)
+            first = _first_line(lines, line, rf"\s*{re.escape(head)}\s*=")
             if first:
                 return Problem(file, key, f"{head!r} already has a value (line {first}); a key is either one value "
                                           f"or a table of per-target values ({head}.bookworm = ..., {head}.\"*\" = "
                                           f"...), not both", line)
-        first = next((i + 1 for i, text_line in enumerate(lines[: (line or 1) - 1])
-                      if re.match(rf"\s*{re.escape(key)}\.", text_line)), None)
+        first = _first_line(lines, line, rf"\s*{re.escape(key)}\.")
         if first:
             return Problem(file, key, f"{key!r} is already a table of per-target values (line {first}); a key is "
                                       f"either one value or per-target values ({key}.bookworm = ..., "

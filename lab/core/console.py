@@ -109,6 +109,22 @@ def past_usual(elapsed: float, usual_s: float) -> str:
 
 
 @contextmanager
+def _ticking(every: float, started: float, say: Callable[[float], None]) -> Iterator[None]:
+    """While the block runs, a thread calls say(seconds since started) every `every` seconds."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            say(time.monotonic() - started)
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+@contextmanager
 def step(title: str, waiting_for: str, verbose: bool = False, usual_s: float = 0) -> Iterator[Callable[[str], None]]:
     """Show progress for a long step; yields a callback that receives the step's output lines.
     usual_s: the step's usual seconds on this kind of host; the heartbeat says when it is far past."""
@@ -125,32 +141,20 @@ def step(title: str, waiting_for: str, verbose: bool = False, usual_s: float = 0
         if verbose:
             console.print(f"  [dim]{escape(line)}[/]")
 
-    done = threading.Event()
-
-    def heartbeat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            elapsed = time.monotonic() - started
-            console.print(f"  [dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}: "
-                          f"{escape(latest[0])}[/]{past_usual(elapsed, usual_s)}")
+    def beat(elapsed: float) -> None:
+        console.print(f"  [dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}: "
+                      f"{escape(latest[0])}[/]{past_usual(elapsed, usual_s)}")
 
     if console.is_terminal:
         with console.status(f"{title}…") as status:
-            def tick() -> None:
-                while not done.wait(1.0):
-                    elapsed = time.monotonic() - started
-                    status.update(f"{escape(title)} {elapsed:.0f}s{past_usual(elapsed, usual_s)} "
-                                  f"[dim]{escape(latest[0])}[/]")
-            threading.Thread(target=tick, daemon=True).start()
-            try:
+            def tick(elapsed: float) -> None:
+                status.update(f"{escape(title)} {elapsed:.0f}s{past_usual(elapsed, usual_s)} "
+                              f"[dim]{escape(latest[0])}[/]")
+            with _ticking(1.0, started, tick):
                 yield on_line
-            finally:
-                done.set()
     else:
-        threading.Thread(target=heartbeat, daemon=True).start()
-        try:
+        with _ticking(HEARTBEAT_S, started, beat):
             yield on_line
-        finally:
-            done.set()
     console.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
 
 
@@ -162,18 +166,12 @@ def _labelled_step(label: str, title: str, waiting_for: str, started: float,
     tag = f"[bold magenta]\\[{escape(label)}][/] "
     _main.print(f"{tag}[bold cyan]▶[/] {escape(title)} [dim](waiting for {escape(waiting_for)})[/]")
     log.print(f"▶ {escape(title)} (waiting for {escape(waiting_for)})")
-    done = threading.Event()
 
-    def heartbeat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            elapsed = time.monotonic() - started
-            _main.print(f"{tag}[dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}[/]"
-                        f"{past_usual(elapsed, usual_s)}")
+    def beat(elapsed: float) -> None:
+        _main.print(f"{tag}[dim]… {elapsed:.0f}s, still waiting for {escape(waiting_for)}[/]"
+                    f"{past_usual(elapsed, usual_s)}")
 
-    threading.Thread(target=heartbeat, daemon=True).start()
-    try:
+    with _ticking(HEARTBEAT_S, started, beat):
         yield lambda line: log.print(f"  {escape(line)}")
-    finally:
-        done.set()
     _main.print(f"{tag}[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
     log.print(f"✓ {escape(title)} ({time.monotonic() - started:.1f}s)")
