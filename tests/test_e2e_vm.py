@@ -345,6 +345,7 @@ def test_step_mode_in_a_terminal_enter_then_q(bookworm_lab: tuple[Path, str]) ->
     ends with its own verdict, exit 0, a record that says where it stopped, and the previous run's
     reports untouched."""
     import pty
+    import select
 
     workdir, name = bookworm_lab
     reports = workdir / ".lab" / name / "reports"
@@ -361,7 +362,10 @@ def test_step_mode_in_a_terminal_enter_then_q(bookworm_lab: tuple[Path, str]) ->
         nonlocal seen
         deadline = time.monotonic() + timeout
         while marker not in seen:
-            assert time.monotonic() < deadline, seen[-2000:]
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, seen[-2000:]
+            if not select.select([fd], [], [], min(remaining, 5.0))[0]:
+                continue
             try:
                 seen += os.read(fd, 4096)
             except OSError:

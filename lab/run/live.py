@@ -34,14 +34,17 @@ def salient(text: str, limit: int = MAX_LINES) -> list[str]:
 
 
 def read_key() -> str:
-    """One key press from the terminal, without waiting for Enter (termios cbreak mode)."""
+    """One key press from the terminal, without waiting for Enter (termios cbreak mode). A key typed
+    before the prompt counts: cbreak is set with TCSANOW, not tty's default TCSAFLUSH, which throws
+    away what was typed ahead (seen in a test: Enter sent right after the prompt was lost, and the
+    run waited for ever)."""
     import termios
     import tty
 
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd)
     try:
-        tty.setcbreak(fd)
+        tty.setcbreak(fd, termios.TCSANOW)
         return sys.stdin.read(1)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
