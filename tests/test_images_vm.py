@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,14 +188,15 @@ def test_an_edit_rebuilds_only_the_layer(workdir: Path, scenario: Path, tmp_path
         first = next(key for slot, key in registry.items() if str(folder) in slot)
         assert {f"cgroup-lab-layer-{first}.qcow2", f"cgroup-lab-layer-{first}.state"} <= layer_volumes()
         script = folder / "provision" / "prepare.sh"
-        script.write_text(script.read_text() + "touch /root/edited-by-the-test\n")
+        edited = f"/root/edited-by-the-test-{uuid.uuid4().hex[:8]}"  # a new layer every run: never one left cached
+        script.write_text(script.read_text() + f"touch {edited}\n")
         started = time.monotonic()
         retry = invoke(workdir, "lab.up", "--scenario", str(folder), "--target", "bookworm", "--name", name)
         seconds = time.monotonic() - started
         assert retry.returncode == 0
         assert "mmdebstrap" not in retry.stdout and "boot the base image" not in retry.stdout
         assert re.search(r"layer \w+ of img-bug on bookworm built", retry.stdout)
-        assert ssh(workdir, name, "sudo test -e /root/edited-by-the-test").returncode == 0
+        assert ssh(workdir, name, f"sudo test -e {edited}").returncode == 0
         assert "removed the layer this one replaces" in retry.stdout
         assert not {f"cgroup-lab-layer-{first}.qcow2", f"cgroup-lab-layer-{first}.state"} & layer_volumes()
         print(f"edit-and-retry: {seconds:.1f}s (the layer's build and lab.up)")
