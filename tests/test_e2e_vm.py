@@ -210,19 +210,17 @@ def unified_lab(workdir: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_second_lab_side_by_side(bookworm_lab: tuple[Path, str], unified_lab: tuple[Path, str]) -> None:
-    """bookworm-unified comes up next to the running bookworm lab, verifies its own matrix, and
-    destroying it leaves the other lab running."""
+    """bookworm-unified comes up next to the running bookworm lab on its own network, answers as
+    itself, and destroying it leaves the other lab running and verifiable. (Its own matrix is
+    measured by test_matrix_over_three_targets_and_trusty.)"""
     workdir, first = bookworm_lab
     _, second = unified_lab
     assert invoke(workdir, "lab.up", "--target", "bookworm-unified", "--name", second).returncode == 0
     nets = {n: virsh("net-dumpxml", f"lab-{n}") for n in (first, second)}
     subnet = {n: x.split("address='")[1].split("'")[0] for n, x in nets.items()}
     assert subnet[first] != subnet[second]
-    result = invoke(workdir, "lab.verify", "--name", second, timeout=1200)
-    assert result.returncode == 0
-    record = json.loads((workdir / ".lab" / second / "reports" / "latest" / "verify.json").read_text())
-    observed = {f["id"]: f["observed"] for f in record["tries"] if f["kind"] != "restored"}
-    assert observed == UNIFIED
+    answered = invoke(workdir, "lab.ssh", "--name", second, "--command", "hostname; stat -fc %T /sys/fs/cgroup")
+    assert answered.returncode == 0 and answered.stdout.split()[-2:] == [second, "cgroup2fs"]
     assert invoke(workdir, "lab.destroy", "--name", second, timeout=600).returncode == 0
     assert leftovers(second) == []
     assert "running" in virsh("domstate", f"lab-{first}")
