@@ -153,6 +153,10 @@ def test_a_failing_provisioning_script_is_named_and_kept(workdir: Path, scenario
         kept = json.loads((workdir / ".lab" / name / "build" / "kept-vm.json").read_text())
         assert virsh("domstate", kept["domain"]).stdout.strip() == "running"
         assert "a shell in it: ssh -i" in " ".join(result.stderr.split())
+        # the ways on name this lab, wherever they are typed (the directory's defaults would be another)
+        flags = f"--scenario {broken} --target bookworm --name {name}"
+        assert f"invoke lab.destroy --name {name}" in result.stderr
+        assert f"run it again: invoke lab.up {flags}" in " ".join(result.stderr.split())
         inside = subprocess.run([*shlex.split(kept["shell"]), "-o", "BatchMode=yes",
                                  "test -e /root/cgroup-lab-provision/prepare.sh || ls /root/cgroup-lab-provision"],
                                 capture_output=True, text=True, timeout=120, check=False)
@@ -164,6 +168,8 @@ def test_a_failing_provisioning_script_is_named_and_kept(workdir: Path, scenario
         assert kept["volume"] not in layer_volumes()
         again = invoke(workdir, "lab.build", "--scenario", str(broken), "--target", "bookworm", "--name", name)
         assert again.returncode == 2 and "at line" in again.stderr
+        assert f"run it again: invoke lab.up {flags} (or lab.build" in " ".join(again.stderr.split())
+        assert "look inside with --keep-failing" in again.stderr
         assert not (workdir / ".lab" / name / "build" / "kept-vm.json").exists()
         assert not [d for d in virsh("list", "--all", "--name").stdout.split() if d.startswith("cgroup-lab-build-")
                     and d == kept["domain"]]

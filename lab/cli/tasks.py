@@ -104,12 +104,13 @@ def _settings(target: str | None = None, scenario: str | None = None, provider: 
                                 "libvirt_uri": libvirt_uri})
 
 
-def _lab_name(target: str | None, name: str | None, scenario: str | None) -> tuple[str | None, Any]:
+def _lab_name(target: str | None, name: str | None, scenario: str | None,
+              config: str | None = None) -> tuple[str | None, Any]:
     """(--name, else the default name of --target and --scenario, else None for the lab brought up
     last; the settings of lab.toml, LAB_* and those flags, checked for every task)."""
     from lab.config import settings
 
-    chosen = _settings(target=target, scenario=scenario)
+    chosen = _settings(target=target, scenario=scenario, config=config)
     if name is None and (target is not None or scenario is not None):
         name = chosen.name
     if name is not None:
@@ -125,23 +126,24 @@ def _now(target: str | None = None, scenario: str | None = None, config: str | N
                           flags={"target": target, "scenario": scenario, **flags})
 
 
-def _existing(target: str | None, name: str | None, scenario: str | None = None) -> Any:
+def _existing(target: str | None, name: str | None, scenario: str | None = None, config: str | None = None) -> Any:
     """The lab to act on (--name, else the default name of --target and --scenario, else the one
     brought up last in this checkout), with what lab.up froze and the run-time keys given now; a
     VM key given now with another value is refused (exit 2, naming both values and lab.destroy)."""
     from lab.machine import lifecycle
 
-    name, _ = _lab_name(target, name, scenario)
-    return lifecycle.load_lab(name, now=_now(target, scenario))
+    name, _ = _lab_name(target, name, scenario, config)
+    return lifecycle.load_lab(name, now=_now(target, scenario, config))
 
 
-def _any_lab(target: str | None, name: str | None, scenario: str | None, set_aside: bool) -> tuple[Any, list[str]]:
+def _any_lab(target: str | None, name: str | None, scenario: str | None, set_aside: bool,
+             config: str | None = None) -> tuple[Any, list[str]]:
     """_existing() for lab.status and lab.destroy, which work whatever state the lab is in
     (lifecycle.salvage_lab): (settings, notes on what was wrong)."""
     from lab.core import paths
     from lab.machine import lifecycle
 
-    name, chosen = _lab_name(target, name, scenario)
+    name, chosen = _lab_name(target, name, scenario, config)
     name = name or paths.current_name()
     if not set_aside and not paths.lab_dir(name).root.is_dir():
         lifecycle.load_lab(name)  # says it was never brought up here
@@ -224,16 +226,17 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
                               "from": "start at this fix, after the evidence (a demo resumed)",
                               "keep_failing": "stop at the first unmet expectation, left as it failed",
                               "isolation": "snapshot (every try from the baseline snapshot) or teardown (the "
-                                           "scenario's teardown and reverts between tries); default: the scenario's"})
+                                           "scenario's teardown and reverts between tries); default: the scenario's",
+                              "config": FLAG_HELP["config"]})
 @guarded
 def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False, step=False, from_=None,
-           keep_failing=False, isolation=None):
+           keep_failing=False, isolation=None, config=None):
     """Show the evidence, reproduce the bug, try each fix, restore the baseline, write the reports."""
     from lab.report import write_reports
     from lab.run import verify as v
     from lab.run.verdict import verdict
 
-    s = _existing(target, name, scenario)
+    s = _existing(target, name, scenario, config)
     if list_fixes:
         console.info(f"[bold]{s.scenario_data.id}[/] on {s.target} — fixes (expected outcome):")
         for fix_id, title, expected in v.list_fixes(s):
@@ -245,14 +248,15 @@ def verify(c, target=None, scenario=None, name=None, fix=None, list_fixes=False,
         raise Exit(code=1)
 
 
-@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "config": FLAG_HELP["config"]})
 @guarded
-def status(c, target=None, scenario=None, name=None):
+def status(c, target=None, scenario=None, name=None, config=None):
     """Show the lab's scenario, what its state.json says next to what libvirt and Vagrant say."""
     from lab.config import settings
     from lab.machine import lifecycle
 
-    s, notes = _any_lab(target, name, scenario, set_aside=False)
+    s, notes = _any_lab(target, name, scenario, set_aside=False, config=config)
     for key, value in lifecycle.status(s).items():
         console.info(f"{key:>9}: {value}")
     for note in notes:
@@ -264,18 +268,20 @@ def status(c, target=None, scenario=None, name=None):
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "config": FLAG_HELP["config"],
             "command": "run this instead of a shell"})
 @guarded
-def ssh(c, target=None, scenario=None, name=None, command=None):
+def ssh(c, target=None, scenario=None, name=None, command=None, config=None):
     """Open an SSH session as the lab's admin (the way the bug's user logged in)."""
     from lab.machine import lifecycle
 
-    lifecycle.ssh(_existing(target, name, scenario), command)
+    lifecycle.ssh(_existing(target, name, scenario, config), command)
 
 
-@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "config": FLAG_HELP["config"]})
 @guarded
-def destroy(c, target=None, scenario=None, name=None):
+def destroy(c, target=None, scenario=None, name=None, config=None):
     """Remove the lab's VM, its volumes and its network; running it twice is fine."""
     from lab.core import paths
     from lab.machine import lifecycle
@@ -283,7 +289,7 @@ def destroy(c, target=None, scenario=None, name=None):
     if name is None and target is None and scenario is None and not (paths.state_root() / paths.CURRENT).exists():
         console.info("no lab to destroy")
         return
-    s, notes = _any_lab(target, name, scenario, set_aside=True)
+    s, notes = _any_lab(target, name, scenario, set_aside=True, config=config)
     for note in notes:
         console.info(f"[yellow]{note}; destroying lab {s.name} on {s.libvirt_uri} all the same[/]")
     removed = lifecycle.destroy(s)
@@ -292,13 +298,14 @@ def destroy(c, target=None, scenario=None, name=None):
         paths.state_root().joinpath(paths.CURRENT).unlink()
 
 
-@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab"})
+@task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "config": FLAG_HELP["config"]})
 @guarded
-def reset(c, target=None, scenario=None, name=None):
+def reset(c, target=None, scenario=None, name=None, config=None):
     """Return the lab to its freshly provisioned state from its baseline snapshot (seconds)."""
     from lab.machine import lifecycle
 
-    done = lifecycle.reset(_existing(target, name, scenario))
+    done = lifecycle.reset(_existing(target, name, scenario, config))
     console.info(f"[green]✓[/] lab reset to its baseline snapshot in {done.seconds:.1f}s ({done.method} "
                  f"{done.revert_s:.2f}s, first command in the {done.via} {done.first_command_s:.2f}s, proven by "
                  f"its {done.proof} {done.fingerprint_s:.2f}s)")
@@ -319,15 +326,16 @@ def bench(c, target=None, scenario=None, provider=None, name=None, fresh=False, 
 
 
 @task(help={"target": "the lab of this target", "scenario": "... and this scenario", "name": "this lab",
+            "config": FLAG_HELP["config"],
             "format": "md, junit, json, cast or html (default: all)",
             "run": "a run directory name (default: latest)"})
 @guarded
-def report(c, target=None, scenario=None, name=None, format=None, run=None):
+def report(c, target=None, scenario=None, name=None, format=None, run=None, config=None):
     """Re-render the reports of a verify run from its verify.json, without a VM."""
     from lab.core import paths
     from lab.report import latest_run, write_reports
 
-    s = _existing(target, name, scenario)
+    s = _existing(target, name, scenario, config)
     where = paths.lab_dir(s.name).reports / run if run else latest_run(s.name)
     for path in write_reports(where, formats=(format,) if format else None):
         console.info(f"[green]✓[/] {path}")
@@ -395,13 +403,14 @@ def scenarios(c):
 
 
 @task(help={"scenario": "a shipped scenario id or a folder (default: the settings' scenario)",
-            "target": "check for this target only (default: every target of the scenario)"})
+            "target": "check for this target only (default: every target of the scenario)",
+            "config": FLAG_HELP["config"]})
 @guarded
-def check(c, scenario=None, target=None):
+def check(c, scenario=None, target=None, config=None):
     """Validate a scenario before any VM exists: schema, templates for every target, shellcheck."""
     from lab.render.check import check as run_check
 
-    settings = _settings()
+    settings = _settings(config=config)
     ref = scenario or settings.scenario
     notes: list[str] = []
     found, problems = run_check(ref, targets=(target,) if target else (), mirror=settings.debian_mirror, notes=notes)

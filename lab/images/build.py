@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from lab.config.resolved import Lab
 from lab.core import console, paths
-from lab.core.errors import BootStalled, TestbedError
+from lab.core.errors import BootStalled, ProvisionFailed, TestbedError
 from lab.core.paths import cache_dir
 from lab.core.resources import packer_file
 from lab.host import accel, libvirt, storage, tools
@@ -145,7 +146,7 @@ def build(lab: Lab, force: bool = False, verbose: bool = False,
         layer.remove_kept(lab_dir.root)
         _supersede(lay, lab)
         console.info(f"[green]✓[/] {lab.scenario.id} on {target.name} is cached: layer {lay.key} on "
-                     f"base {image.key} (use --force to rebuild)")
+                     f"base {image.key} (lab.build --force or lab.up --rebuild builds it again)")
         return lay
     owner = libvirt.owner_mark(lab_dir.root)
     try:
@@ -157,12 +158,28 @@ def build(lab: Lab, force: bool = False, verbose: bool = False,
         console.info(f"[yellow]{exc.message}: KVM does not boot a guest on this host after all (the 512-byte "
                      "probe ran); from now on TCG is used there[/]")
         return build(lab, force=False, verbose=verbose, keep_failing=keep_failing)
-    layer.build(lay, scripts, lab_root=lab_dir.root, owner=owner, boot_timeout=lab.boot_timeout,
-                command_timeout=lab.build_timeout, keep_failing=keep_failing, verbose=verbose)
+    try:
+        layer.build(lay, scripts, lab_root=lab_dir.root, owner=owner, boot_timeout=lab.boot_timeout,
+                    command_timeout=lab.build_timeout, keep_failing=keep_failing, verbose=verbose)
+    except ProvisionFailed as exc:  # the way on names this lab, not the defaults of the directory
+        again = lab_flags(lab)
+        way = (f"fix the script, then run it again: invoke lab.up {again} (or lab.build with the same "
+               f"flags); look inside with --keep-failing")
+        if keep_failing:
+            way = f"{exc.hint}; {way.replace('; look inside with --keep-failing', '')}"
+        raise ProvisionFailed(exc.message, hint=way.replace("invoke lab.destroy", f"invoke lab.destroy --name "
+                                                                               f"{shlex.quote(lab.name)}")) from None
     _supersede(lay, lab)
     console.info(f"[green]✓[/] layer {lay.key} of {lab.scenario.id} on {target.name} built "
                  f"(base {image.key})")
     return lay
+
+
+def lab_flags(lab: Lab) -> str:
+    """--scenario, --target and --name of this lab, quoted for a shell: what a hint's command needs
+    so that it acts on this lab wherever it is typed."""
+    return " ".join(f"--{key} {shlex.quote(value)}" for key, value in
+                    (("scenario", lab.setting("scenario")), ("target", lab.target.name), ("name", lab.name)))
 
 
 def _supersede(lay: layer.Layer, lab: Lab) -> None:
@@ -216,7 +233,7 @@ def build_box(lab: Lab, force: bool = False, verbose: bool = False) -> Box:
     box = cached_box(lab)
     if box.path.is_file() and not force:
         console.info(f"[green]✓[/] box for {target.name} is cached ({box.path}, key {box.key}); "
-                     "nothing to build (use --force to rebuild)")
+                     "nothing to build (lab.build --force or lab.up --rebuild builds it again)")
         return box
     tools.require("packer")
     _check_iso_reachable(lab)
