@@ -120,6 +120,19 @@ def test_every_shipped_scenario_checks(tmp_path: Path, sid: str) -> None:
 
 
 @pytest.mark.integration
+def test_a_mistyped_target_gets_a_suggestion_and_a_config_flag_a_clear_line(tmp_path: Path) -> None:
+    """Seen by a new user: lab.check --target bookwrom named no close match (lab.up did), and
+    --config of a .toml on a task without that flag reached invoke's own --config: a traceback."""
+    typo = invoke(tmp_path, "lab.check", "--scenario", "sudo-lxc-cgroups", "--target", "bookwrom")
+    assert typo.returncode == 2 and "did you mean 'bookworm'?" in typo.stderr
+    for task in ("lab.check", "lab.verify", "lab.status", "lab.reset", "lab.report", "lab.ssh"):
+        missing = invoke(tmp_path, task, "--config", str(tmp_path / "nope.toml"))
+        assert missing.returncode == 2, (task, missing.stderr)
+        assert missing.stderr.startswith(f"error: settings file {tmp_path / 'nope.toml'} does not exist"), task
+        assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.integration
 def test_the_scaffold_checks_as_it_is(tmp_path: Path) -> None:
     made = invoke(tmp_path, "lab.new", str(tmp_path / "my-bug"))
     assert made.returncode == 0, made.stderr

@@ -89,7 +89,7 @@ def check(ref: str, targets: tuple[str, ...] = (), shellcheck: bool = True, inde
     for target in targets or scenario.target_names:
         if target not in scenario.target_names:
             found.add("", f"{scenario.file}: target {target!r} is not one of the scenario's: "
-                          f"{', '.join(scenario.target_names)}")
+                          f"{', '.join(scenario.target_names)}{did_you_mean(target, scenario.target_names)}")
             continue
         settings = Settings(target=target, scenario=str(folder), name=f"check-{target}"[:48],
                             **({"debian_mirror": mirror} if mirror else {}))
