@@ -228,3 +228,17 @@ def test_every_key_says_when_it_applies() -> None:
         assert settings.APPLIES[key] == settings.VM, key
     for key in ("command_timeout", "ssh_timeout", "keep_reports", "fixes", "reach_timeout"):
         assert settings.APPLIES[key] == settings.RUN, key
+
+
+@pytest.mark.integration
+def test_destroying_a_lab_never_brought_up_leaves_nothing(tmp_path: Path) -> None:
+    """Seen by a new user: lab.destroy --name of a lab that never existed said "destroyed", left
+    .lab/NAME behind, and lab.list showed it as a lab from then on. It still asks libvirt (a lab
+    whose folder was deleted by hand is found there), then says there was nothing."""
+    result = invoke(tmp_path, "lab.destroy", "--name", "ghost-lab")
+    assert result.returncode == 0, result.stderr
+    assert "no lab ghost-lab here nor on qemu:///system: nothing to destroy" in result.stdout
+    assert "destroyed" not in result.stdout
+    assert not (tmp_path / ".lab" / "ghost-lab").exists()
+    listed = invoke(tmp_path, "lab.list")
+    assert listed.returncode == 0 and "ghost-lab" not in listed.stdout

@@ -290,9 +290,16 @@ def destroy(c, target=None, scenario=None, name=None, config=None):
         console.info("no lab to destroy")
         return
     s, notes = _any_lab(target, name, scenario, set_aside=True, config=config)
-    for note in notes:
+    root = paths.lab_dir(s.name).root
+    existed = root.is_dir()
+    for note in notes if existed else ():
         console.info(f"[yellow]{note}; destroying lab {s.name} on {s.libvirt_uri} all the same[/]")
     removed = lifecycle.destroy(s)
+    if not existed:  # what destroy made (its lock) goes; a lab whose folder was deleted by hand was still looked for
+        shutil.rmtree(root, ignore_errors=True)
+        if not removed:
+            console.info(f"no lab {s.name} here nor on {s.libvirt_uri}: nothing to destroy")
+            return
     console.info(f"[green]✓[/] lab {s.name} destroyed" + (f": {', '.join(removed)}" if removed else ""))
     if paths.state_root().joinpath(paths.CURRENT).exists() and paths.current_name() == s.name:
         paths.state_root().joinpath(paths.CURRENT).unlink()
