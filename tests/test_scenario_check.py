@@ -87,6 +87,9 @@ def test_a_bad_scenario_is_refused_with_file_and_line(tmp_path: Path, what: str,
     assert str(folder / "scenario.toml") in result.stderr
     if on_line is not None:
         assert f"scenario.toml:{line_of(folder, on_line)}:" in result.stderr, result.stderr
+    assert "Input should be a valid dictionary" not in result.stderr, "a value's own error, said once"
+    if what == "unknown via":
+        assert len(errors) == 1, errors
 
 
 @pytest.mark.integration

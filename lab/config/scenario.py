@@ -549,7 +549,16 @@ def _schema_problems(file: Path, text: str, raw: Any, exc: ValidationError) -> l
     # a misspelt key shows as "unknown key" and as "required key missing": say it once
     unknown = {(tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in errors if e["type"] == "extra_forbidden"}
     problems, said = [], set()
+
+    def bare(loc: tuple) -> tuple:  # the location without pydantic's union-branch labels
+        return tuple(x for x in loc if not (isinstance(x, str) and x.startswith(("literal[", "union[", "dict["))))
+
+    # a per-target value (one value or a table) that is neither: the value's own error says it; the
+    # table branch's "should be a valid dictionary" only repeats it
+    said_plainly = {bare(tuple(e["loc"])) for e in errors if e["type"] != "dict_type"}
     for err in errors:
+        if err["type"] == "dict_type" and bare(tuple(err["loc"])) in said_plainly:
+            continue
         if err["type"] == "missing" and any(parent == tuple(err["loc"][:-1]) and
                                             did_you_mean(key, [str(err["loc"][-1])]) for parent, key in unknown):
             continue
