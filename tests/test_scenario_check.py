@@ -152,6 +152,8 @@ def test_scenarios_lists_every_shipped_one(tmp_path: Path) -> None:
     for sid in sc.shipped():
         assert sid in result.stdout
     assert "pam-cgfs" in result.stdout
+    # titles are templates: shown rendered with the scenario's vars (seen raw by a new user)
+    assert "{{" not in result.stdout and "A cron job of jobuser escapes the TasksMax" in result.stdout
 
 
 # --- lab.check's catches before any VM boots (issue 20, and 25 item 4): one case each -------------

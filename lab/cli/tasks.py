@@ -402,11 +402,26 @@ def scenarios(c):
     for sid in sc.shipped():
         s = sc.load(sid)
         default = "  [dim](default)[/]" if sid == sc.DEFAULT_SCENARIO else ""
-        console.info(f"[bold cyan]{sid}[/]  {s.model.title}{default}")
+        console.info(f"[bold cyan]{sid}[/]  {escape(_title(s))}{default}")
         for target in s.target_names:
             fixes = ", ".join(f.id if s.kind(f) == "fix" else f"{f.id} ({s.kind(f)})"
                               for f in s.fixes_for(target)) or "no fixes"
             console.info(f"   ↳ {target}: {fixes}")
+
+
+def _title(s: Any) -> str:
+    """A scenario's title rendered with its vars and users for its first target (a title is a
+    template); the text as written when it needs more than that."""
+    from lab.config.targets import get_target
+    from lab.render.templates import render_string, scenario_environment
+
+    target = s.target_names[0]
+    ctx = {"vars": s.vars_for(target), "target": get_target(target), "t": get_target(target),
+           "admin": s.model.users.admin, "users": s.model.users}
+    try:
+        return render_string(scenario_environment(s.folder), s.model.title, ctx, f"{s.file}: title")
+    except LabError:
+        return str(s.model.title)
 
 
 @task(help={"scenario": "a shipped scenario id or a folder (default: the settings' scenario)",
