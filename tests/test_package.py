@@ -162,7 +162,7 @@ def test_new_check_render_from_a_bug_folder(installed: Installed, outside: Path)
     rendered = installed(outside, "render", "--target", "trusty")
     assert rendered.returncode == 0, rendered.stderr
     vagrantfile = (outside / ".lab" / "sudo-lxc-cgroups-trusty" / "Vagrantfile").read_text()
-    assert "ubuntu" in vagrantfile.lower() and str(ROOT) not in vagrantfile
+    assert "ubuntu" in vagrantfile.lower() and f"{ROOT}/" not in vagrantfile  # (a cache beside it may share a prefix)
     mine = installed(outside, "render", "--target", "bookworm", "--scenario", "./my-bug")
     assert mine.returncode == 0, mine.stderr
     lab = outside / ".lab" / "my-bug-bookworm"
