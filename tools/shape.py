@@ -55,8 +55,6 @@ def layer(module: str) -> int:
 
 def trace(argv: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
-    from invoke import Program
-
     from lab.cli import tasks as collection_module  # noqa: F401
     from lab.config.settings import Settings
 
@@ -93,7 +91,6 @@ def trace(argv: list[str]) -> None:
     print(f"calls: {dict(sorted(counts.items()))}")
     print(f"settings: {len(set(rooms))} rooms, {len(rooms)} steps, {climbs} climbs back up, {returns} returns")
     print("path: " + " > ".join(r.removeprefix("lab.") for r in rooms[:60]) + (" ..." if len(rooms) > 60 else ""))
-    _ = Program
 
 
 if __name__ == "__main__":

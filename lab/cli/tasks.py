@@ -16,20 +16,13 @@ from typing import Any
 from invoke import Collection, Exit, Task, task
 from rich.markup import escape
 
+from lab.config.settings import HELP
 from lab.core import console
 from lab.core.errors import LabError, TestbedError, user_path
 
-
-def settings_help() -> dict[str, str]:
-    """The help of every settings key that has a task flag, from the one table of settings."""
-    from lab.config.settings import HELP
-
-    return dict(HELP)
-
-
 # A settings key's flag help is declared with the key (lab.config.settings.HELP); these are the rest.
 FLAG_HELP = {
-    **settings_help(),
+    **HELP,
     "config": "settings file to read instead of ./lab.toml",
     "verbose": "print every line the tools print",
 }
@@ -410,16 +403,17 @@ def scenarios(c):
 
 
 def _title(s: Any) -> str:
-    """A scenario's title rendered with its vars and users for its first target (a title is a
-    template); the text as written when it needs more than that."""
-    from lab.config.targets import get_target
+    """A scenario's title rendered as verify renders it (render.lab.context, for its first target);
+    the text as written when it needs more than a lab's context."""
+    from lab.config.resolved import Lab
+    from lab.config.settings import Settings
+    from lab.render.lab import context, facts_for_render
     from lab.render.templates import render_string, scenario_environment
 
-    target = s.target_names[0]
-    ctx = {"vars": s.vars_for(target), "target": get_target(target), "t": get_target(target),
-           "admin": s.model.users.admin, "users": s.model.users}
+    lab = Lab.of(Settings(target=s.target_names[0], scenario=str(s.folder), name=s.id), "libvirt", scenario=s)
     try:
-        return render_string(scenario_environment(s.folder), s.model.title, ctx, f"{s.file}: title")
+        return render_string(scenario_environment(s.folder), s.model.title, context(lab, facts_for_render(lab.name)),
+                             f"{s.file}: title")
     except LabError:
         return str(s.model.title)
 
