@@ -1,5 +1,6 @@
 """A Debian target's base image, with no VM booted to make it: mmdebstrap installs the target's
-packages and the scenario's for that target into a directory, a customize hook prepares it to boot
+packages and the scenario's for that target into a directory (an essential hook first keeps its initramfs to
+the VM's root drivers, templates/images/debian-initramfs.sh.j2), a customize hook prepares it to boot
 (templates/images/debian-rootfs.sh.j2: hostname, fstab, network, sshd, the guest agent's list of
 key files), mkfs.ext4 -d turns it into a filesystem image without loop mounts, and the kernel and
 initrd are kept next to it: the VMs boot the kernel directly (libvirt <kernel>/<initrd>/<cmdline>),
@@ -81,12 +82,18 @@ def hook_script(target: Target) -> str:
     return environment().get_template("images/debian-rootfs.sh.j2").render(t=target, root_uuid=root_uuid(target))
 
 
+def initramfs_hook(target: Target) -> str:
+    """The mmdebstrap essential hook for the target, rendered: a small initramfs (the VM's root
+    drivers only), set up before the kernel's package builds it."""
+    return environment().get_template("images/debian-initramfs.sh.j2").render(t=target)
+
+
 def inputs(target: Target, packages: tuple[str, ...], mirror: str) -> dict[str, str]:
     """Everything the base build reads: the recipe, the target, the mirror, the package set, the
-    rendered hook and the kernel command line. Its hash is the image's key."""
+    rendered hooks and the kernel command line. Its hash is the image's key."""
     return {"recipe": RECIPE, "target": target.name, "release": target.release, "mirror": mirror,
-            "packages": " ".join(packages), "hook": hook_script(target), "cmdline": target.kernel_cmdline,
-            "disk_mb": str(DISK_SIZE_MB)}
+            "packages": " ".join(packages), "hook": hook_script(target), "initramfs": initramfs_hook(target),
+            "cmdline": target.kernel_cmdline, "disk_mb": str(DISK_SIZE_MB)}
 
 
 def key_of(values: dict[str, str]) -> str:
@@ -131,12 +138,13 @@ def build(target: Target, packages: tuple[str, ...], mirror: str, timeout: float
 
 def _build(target: Target, packages: tuple[str, ...], mirror: str, timeout: float, verbose: bool,
            work: Path, out: Path) -> None:
-    write_files(work, {"rootfs-hook.sh": hook_script(target)})
+    write_files(work, {"rootfs-hook.sh": hook_script(target), "initramfs-hook.sh": initramfs_hook(target)})
     rootfs = work / "rootfs"
     with console.step(f"mmdebstrap {target.release}: {len(packages)} packages from {mirror}",
                       "the packages to download and unpack (~1 min)", verbose, usual_s=90) as on_line:
         proc.run(["mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(packages),
-                  "--dpkgopt=force-unsafe-io", f"--customize-hook={work / 'rootfs-hook.sh'}", target.release,
+                  "--dpkgopt=force-unsafe-io", f"--essential-hook={work / 'initramfs-hook.sh'}",
+                  f"--customize-hook={work / 'rootfs-hook.sh'}", target.release,
                   str(rootfs), mirror], step="mmdebstrap", timeout=timeout, waiting_for="mmdebstrap",
                  on_line=on_line)
     kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
