@@ -13,12 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def invoke(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+def invoke(tmp_path: Path, *args: str, env: dict | None = None,
+           columns: str | None = "200") -> subprocess.CompletedProcess[str]:
+    """The task run as a user runs it, its output into pipes (no terminal, stdin neither); COLUMNS
+    set unless columns is None (then rich sees no width at all, as in a CI log)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAB_") and k != "COLUMNS"}
     clean.update(env or {})
-    clean["COLUMNS"] = "200"
+    if columns is not None:
+        clean["COLUMNS"] = columns
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args], cwd=tmp_path, env=clean,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
 
 
 def assert_clean_refusal(result: subprocess.CompletedProcess[str], tmp_path: Path, *fragments: str) -> None:
@@ -127,6 +131,39 @@ def test_doctor_names_every_missing_tool_with_a_hint(tmp_path: Path) -> None:
         line = next((ln for ln in result.stdout.splitlines() if f" {tool} " in ln), "")
         assert "not found" in line and hint in line, (tool, result.stdout)
     assert "cannot be brought up" in result.stdout
+
+
+def test_a_long_line_into_a_pipe_arrives_as_one_line(tmp_path: Path) -> None:
+    """Output piped to a file or a CI log (no terminal, no COLUMNS) was wrapped at rich's 80 columns
+    (found by a new user): each of lab.doctor's lines, hint included, arrives whole."""
+    result = invoke(tmp_path, "lab.doctor", "--target", "bookworm", env={"PATH": bare_path(tmp_path)}, columns=None)
+    lines = result.stdout.splitlines()
+    kvm = next(ln for ln in lines if " kvm " in ln)
+    assert len(kvm) > 80 and kvm.endswith("check /dev/kvm and the CPU's virtualisation flags"), result.stdout
+    virsh = next(ln for ln in lines if " virsh " in ln)
+    assert virsh.endswith("apt-get install libvirt-clients libvirt-daemon-system"), result.stdout
+    assert all(ln.startswith((" ", "lab.doctor", "target")) for ln in lines), result.stdout  # no piece of a line
+
+
+def test_without_a_terminal_text_and_a_rules_title_are_whole_and_boxes_keep_their_width() -> None:
+    """The console behind every task, writing into a file: a long string and a rule's long title
+    (verify's opening: the scenario's and the target's titles, which rich cut with an ellipsis) stay
+    one whole line; a panel is still laid out in rich's 80 columns."""
+    import io
+
+    from rich.panel import Panel
+
+    from lab.core.console import _AsTyped
+
+    out = _AsTyped(file=io.StringIO(), highlight=False)
+    title = "sudo -u keeps the admin's cgroups: an unprivileged lxc container cannot start"
+    out.rule(f"[bold]{title}[/] [dim]on Debian 12 (bookworm), hybrid cgroups[/]")
+    out.print("word " * 40 + "end")
+    out.print(Panel("x " * 60))
+    lines = out.file.getvalue().splitlines()
+    assert lines[0] == f"── {title} on Debian 12 (bookworm), hybrid cgroups ──"
+    assert lines[1] == "word " * 40 + "end"
+    assert len(lines) > 4 and {len(ln) for ln in lines[2:]} == {80}
 
 
 @pytest.mark.integration
