@@ -48,6 +48,27 @@ def test_help_explains_flags(tmp_path: Path) -> None:
     assert "--target" in result.stdout and "trusty, bookworm" in result.stdout
 
 
+def test_help_shows_the_value_of_a_repeatable_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--fix takes a value and may be repeated; invoke showed it as `-f, --fix`, like a switch (a new
+    user's trip). Both ways: invoke's help and the installed command's."""
+    from lab.cli.main import program
+
+    result = invoke(tmp_path, "--help", "lab.verify")
+    assert result.returncode == 0, result.stderr
+    line = next((ln for ln in result.stdout.splitlines() if "--fix" in ln), "")
+    assert line.strip().startswith("-f ID, --fix=ID ") and "repeat it" in line, result.stdout
+    assert "-n STRING, --name=STRING" in result.stdout  # a flag with one value, as invoke shows it
+    with pytest.raises(SystemExit):
+        program().run(["cgroup-lab", "--help", "verify"])
+    assert "-f ID, --fix=ID " in capsys.readouterr().out
+    from invoke.parser import Parser
+
+    from lab.cli.tasks import ns
+
+    parsed = Parser(contexts=ns.to_contexts()).parse_argv(["lab.verify", "--fix", "a", "-f", "b", "lab.status"])
+    assert parsed[0].args["fix"].value == ["a", "b"] and parsed[1].name == "lab.status"
+
+
 @pytest.mark.parametrize(("args", "env", "fragments"), [
     (["lab.render"], {"LAB_TARGET": "xenial"}, ["'target'", "LAB_TARGET", "xenial"]),
     (["lab.render", "--target", "xenial"], {}, ["'target'", "--target"]),
