@@ -239,6 +239,19 @@ def test_an_unwritable_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
 
 
+def test_new_into_folders_that_do_not_exist_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """lab.new PATH whose folders above do not exist made them without a word (a new user's trip): a
+    mistyped folder is refused, naming it, with mkdir -p as the hint; nothing is created."""
+    result = invoke(tmp_path, "lab.new", "bgus/2026/my-bug")
+    assert_clean_refusal(result, tmp_path, f"{tmp_path / 'bgus/2026'} does not exist", "never the folders above it",
+                         f"mkdir -p {tmp_path / 'bgus/2026'}")
+    assert not (tmp_path / "bgus").exists()
+    (tmp_path / "a-file").write_text("x")
+    assert_clean_refusal(invoke(tmp_path, "lab.new", "a-file/my-bug"), tmp_path, "a-file is not a folder")
+    made = invoke(tmp_path, "lab.new", "my-bug")  # in the folder it runs in, as README shows
+    assert made.returncode == 0 and (tmp_path / "my-bug/scenario.toml").is_file(), made.stderr
+
+
 @pytest.mark.parametrize("text", ["[]", '{"fixes": 5}', "{}"])
 def test_a_damaged_record_is_refused_by_lab_report(tmp_path: Path, text: str) -> None:
     from labtest import make_settings

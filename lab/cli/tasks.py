@@ -443,7 +443,7 @@ def check(c, scenario=None, target=None, config=None):
                  f"{', '.join((target,) if target else found.target_names)}")
 
 
-@task(help={"path": "the folder to create (must not exist)"})
+@task(help={"path": "the folder to create: must not exist, the folder above it must"})
 @guarded
 def new(c, path):
     """Scaffold a commented scenario folder that checks and verifies on bookworm as it is."""
