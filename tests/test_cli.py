@@ -86,6 +86,7 @@ def test_help_shows_the_value_of_a_repeatable_flag(tmp_path: Path, capsys: pytes
     (["lab.build"], {"LAB_TARGT": "bookworm"}, ["LAB_TARGT", "LAB_TARGET"]),
     (["lab.verify"], {}, ["no lab has been brought up"]),
     (["lab.status", "--name", "ghost"], {}, ["ghost", "has not been brought up"]),
+    (["lab.prune", "--libvirt-uri", "qemu+tcp://h/system"], {}, ["'libvirt_uri'", "qemu+tcp is unencrypted"]),
 ])
 def test_bad_input_is_refused_cleanly(tmp_path: Path, args: list[str], env: dict, fragments: list[str]) -> None:
     assert_clean_refusal(invoke(tmp_path, *args, env=env), tmp_path, *fragments)

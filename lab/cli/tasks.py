@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shlex
 import shutil
 import signal
 import traceback
@@ -457,6 +458,20 @@ def new(c, path):
                  f"  invoke lab.up --scenario {where} --target bookworm lab.verify")
 
 
+@task(help={"yes": "remove them (without it: only show what would be removed, what stays and why)",
+            "libvirt_uri": FLAG_HELP["libvirt_uri"], "config": FLAG_HELP["config"]})
+@guarded
+def prune(c, yes=False, libvirt_uri=None, config=None):
+    """List this tool's cached images (bases, saved states, layers), what nothing uses; --yes removes those."""
+    from lab.machine import prune as p
+    from lab.machine.resolve import use_libvirt
+
+    use_libvirt(_settings(config=config, libvirt_uri=libvirt_uri))
+    again = "".join(f" --{flag} {shlex.quote(value)}" for flag, value in (("config", config),
+                                                                          ("libvirt-uri", libvirt_uri)) if value)
+    p.run(yes, flags=again)
+
+
 @task(name="list", help={"json": "print the labs as a JSON list (one object per lab) instead of a table"})
 @guarded
 def list_(c, json=False):
@@ -516,5 +531,5 @@ def help_for(context: ParserContext, flag: str) -> tuple[str, str]:
 ParserContext.help_for = help_for  # type: ignore[method-assign]
 
 lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report,
-                 scenarios, check, new, matrix, list_)
+                 scenarios, check, new, matrix, list_, prune)
 ns = Collection(lab)

@@ -23,7 +23,7 @@ from rich.text import Text
 # The tasks, as messages and hints name them: `invoke lab.up` in a checkout. An installed command
 # (lab.cli: `cgroup-lab up`) calls speak_as() first, and every line printed names its tasks its way.
 TASKS = ("render", "doctor", "build", "up", "verify", "reset", "bench", "status", "ssh", "destroy", "report",
-         "scenarios", "check", "new", "matrix", "list")
+         "scenarios", "check", "new", "matrix", "list", "prune")
 _TASK = "(?:" + "|".join(TASKS) + ")"
 _TASK_NAME = re.compile(rf"(?<![\w./-])lab\.({_TASK})\b(?![\w.-])")  # lab.verify, not lab.toml or .lab/x
 _INVOKE_LINE = re.compile(r"\binvoke ([^\n;,()]*)")  # one command line: invoke lab.up --target T lab.verify
