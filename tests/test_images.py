@@ -327,6 +327,27 @@ def test_a_boot_with_nothing_on_its_console_stops_within_a_minute(tmp_path: Path
     assert caught.value.log_tail == "" and watch.silent
 
 
+def test_under_kvm_a_silent_first_boot_stops_after_seconds_not_a_minute(tmp_path: Path) -> None:
+    """A fresh machine here passed the 512-byte KVM probe, then its first real boot printed nothing
+    and the build waited 62 s before it went on under TCG: under KVM the wait for a first console
+    line is FIRST_OUTPUT_S["kvm"]; under TCG it stays a minute (a slow TCG boot is not a stall)."""
+    from lab.images import vm
+
+    image = base.BaseImage(target="bookworm", key="k", dir=tmp_path, cmdline="")
+    silent_for = bootwatch.FIRST_OUTPUT_S["kvm"] + 1
+    for driver, stalls in (("kvm", True), ("qemu", False)):
+        shape = vm.MachineShape(cpus=2, memory=1024, driver=driver, hypervisor="QEMU 7.2")
+        watch = vm.boot_watch(vm.host_base(image, shape), lambda: "", quiet_timeout=180)
+        watch._started -= silent_for  # the console has been silent this long
+        watch._last_change -= silent_for
+        if stalls:
+            with pytest.raises(errors.BootStalled, match="nothing on its console"):
+                watch.check()
+        else:
+            watch.check()
+    assert bootwatch.FIRST_OUTPUT_S["kvm"] < bootwatch.FIRST_OUTPUT_S["qemu"]
+
+
 def test_kvm_that_failed_a_real_boot_is_not_used_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lab.host import accel
 

@@ -33,7 +33,7 @@ from lab.machine.resolve import provider_of, resolve, use_libvirt
 from lab.machine.state import Phase
 from lab.machine.vagrant import LabVagrant, box_add, box_names
 from lab.remote.keys import ensure_keypair
-from lab.remote.port import Ports, PortShell
+from lab.remote.port import Ports, PortShell, start_command
 from lab.remote.ssh import Endpoint, Jump, Remote
 from lab.render.lab import LabFacts, box_provisioned, default_network_octet, provision_plan, render_all
 from lab.render.plan import plan
@@ -392,21 +392,31 @@ def _up_from_layer(settings: Settings, lab: paths.LabDir, image: layer.Layer, cl
     hostname, a new SSH host key pinned in its known_hosts, its address, the clock), Vagrant's
     machine id, the admin's first login, the baseline. Every second is marked on `clock`."""
     domain = domain_name(settings)
-    with _network_lock(settings):
-        render_lab(settings, probe_network=True)
-        facts = load_facts(lab)
-        address = f"192.168.{facts.network_octet}.{LAB_ADDRESS_HOST}"
-        libvirt.ensure_network(domain, facts.network_octet, reserve=(image.mac, address))
-    state.advance(lab, Phase.RENDERED, "up")
-    clock.mark("lab: render and network")
-    state.advance(lab, Phase.UP, "up")
-    disk = storage.create_overlay(f"{domain}.qcow2", storage.path(image.disk_volume), vm.disk_capacity())
-    clock.mark("libvirt: the lab's disk (an overlay on the layer)")
+    # The state's copy (the slow part of the start) while the lab's files, network and disk are made
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        staging = pool.submit(contextvars.copy_context().run, vm.stage_state, image.state_volume, name=domain,
+                              description=libvirt.owner_mark(lab.root), disk=storage.path(f"{domain}.qcow2"),
+                              network=domain, serial_log="", timeout=settings.boot_timeout)
+        try:
+            with _network_lock(settings):
+                render_lab(settings, probe_network=True)
+                facts = load_facts(lab)
+                address = f"192.168.{facts.network_octet}.{LAB_ADDRESS_HOST}"
+                libvirt.ensure_network(domain, facts.network_octet, reserve=(image.mac, address))
+            state.advance(lab, Phase.RENDERED, "up")
+            clock.mark("lab: render and network (the saved state copied beside them)")
+            state.advance(lab, Phase.UP, "up")
+            storage.create_overlay(f"{domain}.qcow2", storage.path(image.disk_volume), vm.disk_capacity())
+            clock.mark("libvirt: the lab's disk (an overlay on the layer)")
+        except BaseException:
+            with suppress(Exception):  # the copy, when it was made: what stopped the start is said, not this
+                storage.delete_file(staging.result().copy_path)
+            raise
+        staged = staging.result()
     with console.step(f"start {domain} from the saved state of {settings.scenario_data.id} on {settings.target}",
                       "libvirt to restore it (~1 s)", usual_s=5):
-        vm.start_from_state(image.state_volume, name=domain, description=facts.owner, disk=disk, network=domain,
-                            serial_log="", persistent=True, timeout=settings.boot_timeout)
-    clock.mark("libvirt: start from the saved state (copy, define, restore)")
+        vm.start_staged(staged, persistent=True, timeout=settings.boot_timeout)
+    clock.mark("libvirt: start from the saved state (define, restore)")
     with console.step("the lab's identity through the guest agent (key, host key, hostname, address, clock)",
                       "the guest agent", usual_s=5):
         host_key = identity.hand_over(domain, identity.Identity(
@@ -417,28 +427,37 @@ def _up_from_layer(settings: Settings, lab: paths.LabDir, image: layer.Layer, cl
     _write_vagrant_id(lab, domain)
     clock.mark("guest agent: the lab's identity")
     # The baseline's fingerprint (root, through the agent) while the admin logs in over SSH: the
-    # guest has two vCPUs, and the login mostly waits for logind and systemd.
+    # guest has two vCPUs, and the login mostly waits for logind and systemd. The admin's first
+    # command also starts the port shells (the layer gave the admin its ports), so the login's
+    # channel carries both and root's sudo runs while the admin's shell answers.
+    admin = settings.scenario_data.model.users.admin
     with ThreadPoolExecutor(max_workers=1) as pool, \
-            console.step("SSH as the admin with the lab's key (host key pinned); the baseline's fingerprint",
-                         "sshd in the guest", usual_s=5), \
+            console.step("SSH as the admin with the lab's key (host key pinned), the port shells; the baseline's "
+                         "fingerprint", "sshd in the guest", usual_s=5), \
             connect(settings, connect_timeout=settings.ssh_timeout) as remote:
         context = contextvars.copy_context()
         token = secrets.token_hex(8)
         fingerprinted = pool.submit(context.run, agent.run, domain,
                                     f"{FINGERPRINT_SCRIPT}; {baseline_mark_script(token)}", settings.command_timeout)
-        result = remote.run("id -un; uname -r", step="first login")
-        if result.failed:
-            raise TestbedError(f"logging in as the admin failed: {result.stderr.strip()}")
-        kernel = result.stdout.split()[-1]
-        clock.mark("lab: first SSH login as the admin")
-        marked = fingerprinted.result()
-        lines = marked.stdout.split("\n")
-        if marked.failed or len(lines) < 2 or not lines[0].strip():
-            raise TestbedError(f"the baseline's fingerprint failed in the guest: {marked.stderr.strip()[-200:]}")
-        clock.mark("lab: baseline fingerprint and mark (through the agent, beside the login)")
-        shells = _start_port_shells(settings, lab, remote, domain, False)
-        clock.mark("lab: port shells")
+        shells = _open_ports(settings, lab, remote, domain)
+        # the shells first (root's sudo is the longest wait), then who logged in and the kernel (a builtin)
+        first = ((f"{start_command(admin, chown=False)} && " if shells is not None else "")
+                 + "id -un && read -r kernel < /proc/sys/kernel/osrelease && echo \"$kernel\"")
+        result = remote.run(first, step="first login")
+        if result.failed or len(result.stdout.split()) != 2:
+            raise TestbedError(f"logging in as the admin failed: {(result.stderr.strip() or result.stdout.strip())}")
+        kernel = result.stdout.split()[1]
+        clock.mark("lab: first SSH login as the admin (it starts the port shells)")
         try:
+            if shells is not None and not _prove_port_shells(settings, lab, shells):
+                shells.close()
+                shells = None
+            clock.mark("lab: port shells answer")
+            marked = fingerprinted.result()
+            lines = marked.stdout.split("\n")
+            if marked.failed or len(lines) < 2 or not lines[0].strip():
+                raise TestbedError(f"the baseline's fingerprint failed in the guest: {marked.stderr.strip()[-200:]}")
+            clock.mark("lab: baseline fingerprint and mark (through the agent, beside the login)")
             taken = _snapshot_baseline(settings, lab, lines[0].strip(), False, clock, mark=lines[1].strip())
         finally:
             if shells is not None:
@@ -500,21 +519,41 @@ def _start_port_shells(settings: Settings, lab: paths.LabDir, remote: Remote, do
     connected host ends, to keep open until the snapshot is taken. A lab whose port shells cannot be
     started still comes up (each revert then logs in over SSH again, ~3-8 s instead of ~0.5 s): said
     in yellow, with why."""
-    (lab.root / ports.MARKER).unlink(missing_ok=True)
+    opened = _open_ports(settings, lab, remote, domain)
+    if opened is None:
+        return None
     try:
         with console.step("the port shells (the admin's and root's shells that survive a revert)",
                           "the shells to answer on their virtio-serial ports", verbose):
-            opened = ports.open_ports(domain, remote, timeout=settings.libvirt_timeout)
-            try:
-                ports.start(remote, opened, settings.scenario_data.model.users.admin, lab.root,
-                            timeout=settings.ssh_timeout)
-            except BaseException:
-                opened.close()
-                raise
+            ports.start(remote, opened, settings.scenario_data.model.users.admin, lab.root,
+                        timeout=settings.ssh_timeout)
         return opened
+    except TestbedError as exc:
+        opened.close()
+        console.info(f"[yellow]no port shells in this lab ({exc.message}): each revert logs in over SSH again[/]")
+        return None
+
+
+def _open_ports(settings: Settings, lab: paths.LabDir, remote: Remote, domain: str) -> Ports | None:
+    """The host ends of the lab's ports, connected (the lab's marker of having port shells removed
+    until they are proven); None, said in yellow, when they cannot be reached."""
+    (lab.root / ports.MARKER).unlink(missing_ok=True)
+    try:
+        return ports.open_ports(domain, remote, timeout=settings.libvirt_timeout)
     except TestbedError as exc:
         console.info(f"[yellow]no port shells in this lab ({exc.message}): each revert logs in over SSH again[/]")
         return None
+
+
+def _prove_port_shells(settings: Settings, lab: paths.LabDir, opened: Ports) -> bool:
+    """Whether the port shells the admin's first command started answer (ports.prove); when they do
+    not, the lab still comes up without them: said in yellow, with why."""
+    try:
+        ports.prove(opened, settings.scenario_data.model.users.admin, lab.root, timeout=settings.ssh_timeout)
+        return True
+    except TestbedError as exc:
+        console.info(f"[yellow]no port shells in this lab ({exc.message}): each revert logs in over SSH again[/]")
+        return False
 
 
 def _settle(remote: Remote, settings: Settings, verbose: bool) -> None:

@@ -5,6 +5,7 @@ login session before the baseline snapshot, and say whether a lab has them."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab.core.errors import TestbedError
@@ -40,15 +41,28 @@ def open_ports(domain: str, remote: Remote, timeout: float = 30) -> Ports:
 
 
 def start(remote: Remote, ports: Ports, admin: str, lab_root: Path, timeout: float) -> None:
-    """Start the admin's and root's port shells from the admin's SSH session (remote, connected)
-    and prove each answers as who it should; then mark the lab as having them. Raises TestbedError."""
+    """Start the admin's and root's port shells from the admin's SSH session (remote, connected;
+    the admin's ports given to it with sudo first) and prove each answers (prove()). Raises
+    TestbedError."""
     result = remote.run(start_command(admin), step="start the port shells")
     if result.failed:
         raise TestbedError(f"starting the port shells failed: {result.stderr.strip() or result.stdout.strip()}")
+    prove(ports, admin, lab_root, timeout)
+
+
+def prove(ports: Ports, admin: str, lab_root: Path, timeout: float) -> None:
+    """Prove that the shells start_command() started answer as who they should (`id -un` in both
+    at once: root's waits for its sudo, the admin's does not), within timeout seconds; then mark the
+    lab as having them. Raises TestbedError."""
     deadline = time.monotonic() + timeout
-    for as_root, want in ((False, admin), (True, "root")):
+
+    def ask(as_root: bool) -> str:
         shell = PortShell(ports, as_root=as_root, user=admin, label="the lab")
-        answer = shell.run("id -un", timeout=max(1.0, deadline - time.monotonic()), step="port shell")
-        if answer.stdout.strip() != want:
-            raise TestbedError(f"the {want} port shell answered {answer.stdout.strip()!r}")
+        return shell.run("id -un", timeout=max(1.0, deadline - time.monotonic()), step="port shell").stdout.strip()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(ask, (False, True)))
+    for want, answer in zip((admin, "root"), answers, strict=True):
+        if answer != want:
+            raise TestbedError(f"the {want} port shell answered {answer!r}")
     write_files(lab_root, {MARKER: "started with the baseline snapshot\n"})

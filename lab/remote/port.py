@@ -182,12 +182,15 @@ def _recv(stream: Stream) -> bytes | None:
         return None
 
 
-def start_command(admin: str) -> str:
+def start_command(admin: str, chown: bool = True) -> str:
     """The command the admin runs over SSH (in its login session, before the baseline snapshot)
-    to start both port shells: its own bash on lab.admin, root's `sudo -n bash` on lab.root.
-    The host ends must be connected first (a port without its host end reads EOF at once)."""
+    to start both port shells in the background: its own bash on lab.admin, root's `sudo -n bash`
+    on lab.root; exit 0 once both are started (whether they answer is proven on the ports). chown:
+    first give the admin its two ports with sudo (a layer's saved state has them given already,
+    lab.images.layer). The host ends must be connected first (a port without its host end reads
+    EOF at once)."""
     a, ae, r, re_ = (f"{GUEST_DIR}/{p}" for p in PORTS)
-    return (f"sudo -n chown {admin} {a} {ae} && "
-            f"nohup bash --noprofile --norc <>{a} >&0 2>{ae} & "
-            f"nohup sudo -n bash -c 'exec bash --noprofile --norc <>{r} >&0 2>{re_}' >/dev/null 2>&1 </dev/null & "
-            "sleep 0.2")
+    return ((f"sudo -n chown {admin} {a} {ae} && " if chown else "")
+            + f"{{ nohup bash --noprofile --norc <>{a} >&0 2>{ae} & }} && "
+            f"{{ nohup sudo -n bash -c 'exec bash --noprofile --norc <>{r} >&0 2>{re_}' >/dev/null 2>&1 "
+            "</dev/null & }")
