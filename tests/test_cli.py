@@ -13,12 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def invoke(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+def invoke(tmp_path: Path, *args: str, env: dict | None = None,
+           columns: str | None = "200") -> subprocess.CompletedProcess[str]:
+    """The task run as a user runs it, its output into pipes (no terminal, stdin neither); COLUMNS
+    set unless columns is None (then rich sees no width at all, as in a CI log)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAB_") and k != "COLUMNS"}
     clean.update(env or {})
-    clean["COLUMNS"] = "200"
+    if columns is not None:
+        clean["COLUMNS"] = columns
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args], cwd=tmp_path, env=clean,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
 
 
 def assert_clean_refusal(result: subprocess.CompletedProcess[str], tmp_path: Path, *fragments: str) -> None:
@@ -44,6 +48,27 @@ def test_help_explains_flags(tmp_path: Path) -> None:
     assert "--target" in result.stdout and "trusty, bookworm" in result.stdout
 
 
+def test_help_shows_the_value_of_a_repeatable_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--fix takes a value and may be repeated; invoke showed it as `-f, --fix`, like a switch (a new
+    user's trip). Both ways: invoke's help and the installed command's."""
+    from lab.cli.main import program
+
+    result = invoke(tmp_path, "--help", "lab.verify")
+    assert result.returncode == 0, result.stderr
+    line = next((ln for ln in result.stdout.splitlines() if "--fix" in ln), "")
+    assert line.strip().startswith("-f ID, --fix=ID ") and "repeat it" in line, result.stdout
+    assert "-n STRING, --name=STRING" in result.stdout  # a flag with one value, as invoke shows it
+    with pytest.raises(SystemExit):
+        program().run(["cgroup-lab", "--help", "verify"])
+    assert "-f ID, --fix=ID " in capsys.readouterr().out
+    from invoke.parser import Parser
+
+    from lab.cli.tasks import ns
+
+    parsed = Parser(contexts=ns.to_contexts()).parse_argv(["lab.verify", "--fix", "a", "-f", "b", "lab.status"])
+    assert parsed[0].args["fix"].value == ["a", "b"] and parsed[1].name == "lab.status"
+
+
 @pytest.mark.parametrize(("args", "env", "fragments"), [
     (["lab.render"], {"LAB_TARGET": "xenial"}, ["'target'", "LAB_TARGET", "xenial"]),
     (["lab.render", "--target", "xenial"], {}, ["'target'", "--target"]),
@@ -61,6 +86,7 @@ def test_help_explains_flags(tmp_path: Path) -> None:
     (["lab.build"], {"LAB_TARGT": "bookworm"}, ["LAB_TARGT", "LAB_TARGET"]),
     (["lab.verify"], {}, ["no lab has been brought up"]),
     (["lab.status", "--name", "ghost"], {}, ["ghost", "has not been brought up"]),
+    (["lab.prune", "--libvirt-uri", "qemu+tcp://h/system"], {}, ["'libvirt_uri'", "qemu+tcp is unencrypted"]),
 ])
 def test_bad_input_is_refused_cleanly(tmp_path: Path, args: list[str], env: dict, fragments: list[str]) -> None:
     assert_clean_refusal(invoke(tmp_path, *args, env=env), tmp_path, *fragments)
@@ -129,6 +155,39 @@ def test_doctor_names_every_missing_tool_with_a_hint(tmp_path: Path) -> None:
     assert "cannot be brought up" in result.stdout
 
 
+def test_a_long_line_into_a_pipe_arrives_as_one_line(tmp_path: Path) -> None:
+    """Output piped to a file or a CI log (no terminal, no COLUMNS) was wrapped at rich's 80 columns
+    (found by a new user): each of lab.doctor's lines, hint included, arrives whole."""
+    result = invoke(tmp_path, "lab.doctor", "--target", "bookworm", env={"PATH": bare_path(tmp_path)}, columns=None)
+    lines = result.stdout.splitlines()
+    kvm = next(ln for ln in lines if " kvm " in ln)
+    assert len(kvm) > 80 and kvm.endswith("check /dev/kvm and the CPU's virtualisation flags"), result.stdout
+    virsh = next(ln for ln in lines if " virsh " in ln)
+    assert virsh.endswith("apt-get install libvirt-clients libvirt-daemon-system"), result.stdout
+    assert all(ln.startswith((" ", "lab.doctor", "target")) for ln in lines), result.stdout  # no piece of a line
+
+
+def test_without_a_terminal_text_and_a_rules_title_are_whole_and_boxes_keep_their_width() -> None:
+    """The console behind every task, writing into a file: a long string and a rule's long title
+    (verify's opening: the scenario's and the target's titles, which rich cut with an ellipsis) stay
+    one whole line; a panel is still laid out in rich's 80 columns."""
+    import io
+
+    from rich.panel import Panel
+
+    from lab.core.console import _AsTyped
+
+    out = _AsTyped(file=io.StringIO(), highlight=False)
+    title = "sudo -u keeps the admin's cgroups: an unprivileged lxc container cannot start"
+    out.rule(f"[bold]{title}[/] [dim]on Debian 12 (bookworm), hybrid cgroups[/]")
+    out.print("word " * 40 + "end")
+    out.print(Panel("x " * 60))
+    lines = out.file.getvalue().splitlines()
+    assert lines[0] == f"── {title} on Debian 12 (bookworm), hybrid cgroups ──"
+    assert lines[1] == "word " * 40 + "end"
+    assert len(lines) > 4 and {len(ln) for ln in lines[2:]} == {80}
+
+
 @pytest.mark.integration
 def test_doctor_passes_on_this_host(tmp_path: Path) -> None:
     result = invoke(tmp_path, "lab.doctor", "--target", "bookworm")
@@ -179,6 +238,19 @@ def test_an_unwritable_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert str(a_file) in result.stderr and "check the path" in result.stderr
     result = invoke(tmp_path, "lab.new", "/proc/cgroup-lab-test")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_new_into_folders_that_do_not_exist_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """lab.new PATH whose folders above do not exist made them without a word (a new user's trip): a
+    mistyped folder is refused, naming it, with mkdir -p as the hint; nothing is created."""
+    result = invoke(tmp_path, "lab.new", "bgus/2026/my-bug")
+    assert_clean_refusal(result, tmp_path, f"{tmp_path / 'bgus/2026'} does not exist", "never the folders above it",
+                         f"mkdir -p {tmp_path / 'bgus/2026'}")
+    assert not (tmp_path / "bgus").exists()
+    (tmp_path / "a-file").write_text("x")
+    assert_clean_refusal(invoke(tmp_path, "lab.new", "a-file/my-bug"), tmp_path, "a-file is not a folder")
+    made = invoke(tmp_path, "lab.new", "my-bug")  # in the folder it runs in, as README shows
+    assert made.returncode == 0 and (tmp_path / "my-bug/scenario.toml").is_file(), made.stderr
 
 
 @pytest.mark.parametrize("text", ["[]", '{"fixes": 5}', "{}"])

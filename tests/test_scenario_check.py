@@ -300,3 +300,23 @@ def test_an_unreachable_mirror_is_said_and_not_a_problem_of_the_scenario(tmp_pat
     assert result.returncode == 0, out
     assert "packages and commands not checked: the package index could not be read" in out
     assert "127.0.0.1:9" in out
+
+
+@pytest.mark.integration
+def test_a_program_of_a_required_package_is_in_the_box_and_one_of_no_package_is_not(tmp_path: Path) -> None:
+    """mmdebstrap --variant=minbase installs the Essential set, every Priority: required package and
+    apt, with their Depends and Pre-Depends (mmdebstrap(1), VARIANTS: "required, minbase: The essential
+    set plus all packages with Priority:required and apt"). On trixie `login` is required but not
+    Essential: its programs (sg, newgrp, login) are in the box, and lab.check accepts them unlisted;
+    lxc-ls (lxc: neither required nor asked for) is refused on the same target, so the index was read."""
+    folder = folder_with(tmp_path, "[targets.bookworm-unified]\npackages = []",
+                         "[targets.bookworm-unified]\npackages = []\n[targets.trixie]\npackages = []")
+    toml = folder / "scenario.toml"
+    toml.write_text(toml.read_text().replace(
+        '  { command = "cat /proc/self/cgroup" },\n',
+        '  { command = "sg appuser -c \'cat /proc/self/cgroup\'" },\n  { command = "lxc-ls --active" },\n', 1))
+    result = invoke(tmp_path, "lab.check", "--scenario", str(folder), "--target", "trixie")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: [trixie] {folder / 'scenario.toml'}:{line_of(folder, 'lxc-ls')}: evidence[0].commands[1].command: "
+        "'lxc-ls' is not in the box on trixie: it comes with lxc; add it to targets.trixie.packages"], result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shlex
 import shutil
 import signal
 import traceback
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Task, task
+from invoke.parser import ParserContext
 from rich.markup import escape
 
 from lab.config.settings import HELP
@@ -213,7 +215,8 @@ def up(c, target=None, scenario=None, provider=None, name=None, config=None, lib
 
 
 @task(iterable=["fix"], help={"target": "act on the lab of this target", "scenario": "... and this scenario",
-                              "name": "act on this lab", "fix": "ID: run only this fix; repeat --fix ID for several",
+                              "name": "act on this lab",
+                              "fix": "run only this fix; repeat it for several (--fix a --fix b)",
                               "list_fixes": "list the scenario's fixes on the lab's target",
                               "step": "pause before each try (Enter or space goes on, q stops and restores)",
                               "from": "start at this fix, after the evidence (a demo resumed)",
@@ -441,7 +444,7 @@ def check(c, scenario=None, target=None, config=None):
                  f"{', '.join((target,) if target else found.target_names)}")
 
 
-@task(help={"path": "the folder to create (must not exist)"})
+@task(help={"path": "the folder to create: must not exist, the folder above it must"})
 @guarded
 def new(c, path):
     """Scaffold a commented scenario folder that checks and verifies on bookworm as it is."""
@@ -453,6 +456,20 @@ def new(c, path):
                  f"next: edit {where / 'scenario.toml'}, then\n"
                  f"  invoke lab.check --scenario {where}\n"
                  f"  invoke lab.up --scenario {where} --target bookworm lab.verify")
+
+
+@task(help={"yes": "remove them (without it: only show what would be removed, what stays and why)",
+            "libvirt_uri": FLAG_HELP["libvirt_uri"], "config": FLAG_HELP["config"]})
+@guarded
+def prune(c, yes=False, libvirt_uri=None, config=None):
+    """List this tool's cached images (bases, saved states, layers), what nothing uses; --yes removes those."""
+    from lab.machine import prune as p
+    from lab.machine.resolve import use_libvirt
+
+    use_libvirt(_settings(config=config, libvirt_uri=libvirt_uri))
+    again = "".join(f" --{flag} {shlex.quote(value)}" for flag, value in (("config", config),
+                                                                          ("libvirt-uri", libvirt_uri)) if value)
+    p.run(yes, flags=again)
 
 
 @task(name="list", help={"json": "print the labs as a JSON list (one object per lab) instead of a table"})
@@ -488,6 +505,31 @@ def list_(c, json=False):
     console.console.out("\n".join(line.rstrip() for line in text.get().splitlines()), highlight=False)
 
 
+# The value a repeatable flag (a task's `iterable`) takes, as its --help shows it. invoke shows STRING
+# or INT after a flag with one value and nothing after a repeatable one, which then reads like a switch.
+PLACEHOLDERS = {"fix": "ID"}
+_invokes_help_for = ParserContext.help_for
+
+
+def help_for(context: ParserContext, flag: str) -> tuple[str, str]:
+    """(a flag's names, its help) for --help, as invoke's ParserContext.help_for gives them, but a
+    repeatable flag's names with its value's placeholder (PLACEHOLDERS, else VALUE): `-f ID, --fix=ID`
+    where invoke shows `-f, --fix`.
+
+    Put in place of invoke's method (below): `invoke lab.verify` parses with invoke's own Program, which
+    builds the plain ParserContext of each task from a plain copy of our collection, so no subclass of
+    ours would be used; pyproject.toml bounds invoke <4."""
+    names, text = _invokes_help_for(context, flag)
+    arg = context.flags[flag]
+    if arg.kind is list:
+        holder = PLACEHOLDERS.get(arg.name, "VALUE")
+        names = ", ".join(sorted((f"{n} {holder}" if len(n.strip("-")) == 1 else f"{n}={holder}"
+                                  for n in context.names_for(flag)), key=len))
+    return names, text
+
+
+ParserContext.help_for = help_for  # type: ignore[method-assign]
+
 lab = Collection("lab", render, doctor, build, up, verify, reset, bench, status, ssh, destroy, report,
-                 scenarios, check, new, matrix, list_)
+                 scenarios, check, new, matrix, list_, prune)
 ns = Collection(lab)

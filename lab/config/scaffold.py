@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -21,12 +22,20 @@ def scenario_id(folder: Path) -> str:
 
 
 def scaffold(folder: Path) -> tuple[Path, str]:
-    """Copy the scaffold into folder (which must not exist yet); returns (folder, scenario id).
-    Raises LabError when the folder exists; nothing is written then."""
+    """Copy the scaffold into folder (which must not exist yet, in a folder that does); returns
+    (folder, scenario id). Raises LabError when the folder exists or the folder above it does not
+    (a mistyped path would otherwise make folders nobody asked for, as `mkdir` without -p refuses
+    to); nothing is written then."""
     folder = folder.expanduser()
     if folder.exists():
         raise LabError(f"{folder} already exists; lab.new never overwrites anything",
                        hint="give a new folder path")
+    above = folder.absolute().parent
+    if not above.is_dir():
+        what = "is not a folder" if above.exists() else "does not exist"
+        raise LabError(f"{above} {what}; lab.new makes the scenario's folder {folder.name} in an existing folder, "
+                       "never the folders above it",
+                       hint=f"mkdir -p {shlex.quote(str(above))} first, or give a path in an existing folder")
     sid = scenario_id(folder)
     tmp = folder.with_name(f".{folder.name}.new")
     shutil.rmtree(tmp, ignore_errors=True)

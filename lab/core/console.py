@@ -18,11 +18,12 @@ from typing import Any, cast
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 # The tasks, as messages and hints name them: `invoke lab.up` in a checkout. An installed command
 # (lab.cli: `cgroup-lab up`) calls speak_as() first, and every line printed names its tasks its way.
 TASKS = ("render", "doctor", "build", "up", "verify", "reset", "bench", "status", "ssh", "destroy", "report",
-         "scenarios", "check", "new", "matrix", "list")
+         "scenarios", "check", "new", "matrix", "list", "prune")
 _TASK = "(?:" + "|".join(TASKS) + ")"
 _TASK_NAME = re.compile(rf"(?<![\w./-])lab\.({_TASK})\b(?![\w.-])")  # lab.verify, not lab.toml or .lab/x
 _INVOKE_LINE = re.compile(r"\binvoke ([^\n;,()]*)")  # one command line: invoke lab.up --target T lab.verify
@@ -45,10 +46,27 @@ def as_typed(text: str) -> str:
 
 
 class _AsTyped(Console):
-    """A Console whose printed strings name the tasks as typed (as_typed)."""
+    """A Console whose printed strings name the tasks as typed (as_typed). Where its output is not a
+    terminal (a pipe, a file, a CI log, a lab's log) no line of text is wrapped or cut: rich would
+    wrap it at 80 columns there (its width without a terminal), so a long line (a path, a hint, a
+    command to copy) would arrive in pieces. Tables and panels keep rich's layout."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(as_typed(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        """Console.print, with each string's task names as typed; without a terminal, strings alone
+        are printed with soft wrap (as they are, never wrapped or cut) unless soft_wrap is given."""
+        objects = tuple(as_typed(o) if isinstance(o, str) else o for o in objects)
+        if objects and not self.is_terminal and all(isinstance(o, str) for o in objects):
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*objects, **kwargs)
+
+    def rule(self, title: Any = "", **kwargs: Any) -> None:
+        """Console.rule; without a terminal a title too wide for a rule (rich cuts it with an ellipsis)
+        is printed whole, as one line between two short rules."""
+        if self.is_terminal or not isinstance(title, str) or \
+                Text.from_markup(title).cell_len + 8 <= self.width:
+            super().rule(title, **kwargs)
+            return
+        self.print(f"[rule.line]──[/] {title} [rule.line]──[/]")
 
 
 _main = _AsTyped(highlight=False)

@@ -41,6 +41,34 @@ def held(name: str, timeout: float, what: str, on_wait: Callable[[], None] | Non
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def taken_if_free(name: str) -> Iterator[bool]:
+    """Within: True while this process holds the lock `name`, taken without waiting; False when another
+    command holds it (a build of that image is running), and then nothing is held."""
+    with lock_path(name).open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def held_elsewhere(prefix: str) -> list[str]:
+    """The locks named prefix* that another command holds now (e.g. "base-": a base image is being
+    booted); only lock files that exist are tried, none is created."""
+    folder = cache_dir() / "locks"
+    found = []
+    for path in sorted(folder.glob(f"{prefix}*.lock")) if folder.is_dir() else ():
+        with taken_if_free(path.name.removesuffix(".lock")) as free:
+            if not free:
+                found.append(path.name.removesuffix(".lock"))
+    return found
+
+
 def lock_path(name: str) -> Path:
     """The file of lock `name`; "network" is the one lab.up's network lock has always used
     ($XDG_CACHE_HOME/cgroup-lab/network.lock), so image VMs and labs pick their /24 one at a time."""

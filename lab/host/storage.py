@@ -150,23 +150,40 @@ def tail(file_path: str, size: int = 65536) -> str:
     return result.stdout
 
 
+def volumes() -> list[str]:
+    """The names of every volume in the pool (whoever made it). Raises TestbedError when libvirt
+    cannot list them."""
+    listed = libvirt.virsh("vol-list", POOL, check=True).stdout.splitlines()[2:]
+    return [line.split()[0] for line in listed if line.strip()]
+
+
+def backing_of(name: str, pool: str | None = None) -> str:
+    """The backing file of the pool's volume `name`, as a path on the host ("" for none, or not a
+    qcow2). On this machine read from the file's qcow2 header; on a remote host from libvirt's volume
+    XML. pool: the pool's directory (asked of libvirt when not given)."""
+    pool = pool or pool_path()
+    if libvirt.current().remote:
+        xml = libvirt.virsh("vol-dumpxml", "--pool", POOL, name).stdout
+        m = re.search(r"<backingStore>\s*<path>([^<]+)</path>", xml)
+        parent = m.group(1) if m else ""
+    else:
+        parent = qcow2_backing(Path(pool) / name)
+    return f"{pool}/{parent}" if parent and not parent.startswith("/") else parent
+
+
 def backed_by(backing: str) -> list[str]:
     """Names of the pool's qcow2 volumes whose backing file is `backing` (a path on the host): a
-    layer still in use by a lab's disk, or a base by a layer's. On this machine read from the
-    files' qcow2 headers; on a remote host from libvirt's volume XML."""
-    names = [line.split()[0] for line in libvirt.virsh("vol-list", POOL).stdout.splitlines()[2:]
-             if line.strip() and line.split()[0].endswith(".qcow2")]
-    found = []
-    for name in names:
-        if libvirt.current().remote:
-            xml = libvirt.virsh("vol-dumpxml", "--pool", POOL, name).stdout
-            m = re.search(r"<backingStore>\s*<path>([^<]+)</path>", xml)
-            parent = m.group(1) if m else ""
-        else:
-            parent = qcow2_backing(Path(pool_path()) / name)
-        if parent == backing or (parent and not parent.startswith("/") and f"{pool_path()}/{parent}" == backing):
-            found.append(name)
-    return found
+    layer still in use by a lab's disk, or a base by a layer's (backing_of each)."""
+    pool = pool_path()
+    return [name for name in volumes() if name.endswith(".qcow2") and backing_of(name, pool) == backing]
+
+
+def allocation(name: str) -> int:
+    """The bytes the volume `name` takes on the host's disk (libvirt's Allocation; a sparse file
+    counts what it holds); 0 when it is gone."""
+    found = libvirt.lookup("volume", "vol-info", "--pool", POOL, "--bytes", name)
+    m = re.search(r"^Allocation:\s+(\d+)", found.stdout, re.MULTILINE) if found else None
+    return int(m.group(1)) if m else 0
 
 
 def qcow2_backing(file: Path) -> str:

@@ -32,6 +32,7 @@ from lab.remote.keys import ensure_keypair
 from lab.remote.ssh import Endpoint, Jump, Remote
 
 RECIPE = "layer-1"  # bump when the build or the preparation for labs change
+PREFIX = "cgroup-lab-layer-"  # every volume of a layer on a libvirt host (lab.prune knows them by it)
 BUILD_DIR = "build"  # in the lab's folder: the build's key, known_hosts, scripts, log, a kept VM's record
 KEPT = "kept-vm.json"
 LOG = "provision.log"
@@ -67,7 +68,7 @@ class Layer:
     @property
     def prefix(self) -> str:
         """The stem of the layer's volume names in the pool: cgroup-lab-layer-<key>."""
-        return f"cgroup-lab-layer-{self.key}"
+        return f"{PREFIX}{self.key}"
 
     @property
     def disk_volume(self) -> str:

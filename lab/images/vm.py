@@ -25,6 +25,7 @@ from lab.remote.port import PORTS
 BOOT_RECIPE = "boot-2"  # bump when the boot domain or the settling change
 HEAD_BYTES = 256 * 1024  # enough for libvirt's save header (the XML plus 64 KiB of padding)
 USUAL_BOOT_S = 40  # a base image's boot under TCG on a 2-core host, settled (measured ~30 s)
+BASE_PREFIX = "cgroup-lab-base-"  # every volume of a base image on a libvirt host (lab.prune knows them by it)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class HostBase:
     @property
     def prefix(self) -> str:
         """The stem of the disk's and state's volume names: cgroup-lab-base-<target>-<state_key>."""
-        return f"cgroup-lab-base-{self.image.target}-{self.state_key}"
+        return f"{BASE_PREFIX}{self.image.target}-{self.state_key}"
 
     @property
     def disk_volume(self) -> str:
@@ -67,17 +68,24 @@ class HostBase:
     def kernel_volume(self) -> str:
         """The pool volume of the image's kernel (raw): cgroup-lab-base-<target>-<image key>.vmlinuz (keyed
         by the image, not the machine shape)."""
-        return f"cgroup-lab-base-{self.image.target}-{self.image.key}.vmlinuz"
+        return f"{BASE_PREFIX}{self.image.target}-{self.image.key}.vmlinuz"
 
     @property
     def initrd_volume(self) -> str:
         """The pool volume of the image's initrd (raw): cgroup-lab-base-<target>-<image key>.initrd."""
-        return f"cgroup-lab-base-{self.image.target}-{self.image.key}.initrd"
+        return f"{BASE_PREFIX}{self.image.target}-{self.image.key}.initrd"
 
     @property
     def mac(self) -> str:
         """The guest's MAC address, 52:54:00:xx:xx:xx derived from state_key (lab.host.domain.mac_address)."""
         return domain.mac_address(self.state_key)
+
+
+def image_lock(image: BaseImage) -> str:
+    """The lock held while a base image's kernel and initrd are uploaded and it boots (the volumes
+    named by the image's key, not the machine's): image-<target>-<key>; lab.prune leaves them alone
+    while it is held."""
+    return f"image-{image.target}-{image.key}"
 
 
 def host_base(image: BaseImage, shape: MachineShape) -> HostBase:
@@ -163,11 +171,13 @@ def ensure_host_base(base: HostBase, *, description: str, boot_timeout: float, q
                      upload_timeout: float, verbose: bool = False) -> None:
     """Make sure the libvirt host has the base image's volumes and its saved running state: upload
     the image and boot it once when the state is missing. One build per state at a time on this
-    machine (a lock); a boot that stalls is tried once more, then TestbedError (BootStalled). Under
+    machine (its lock, and image_lock while it uploads and boots); a boot that stalls is tried once
+    more, then TestbedError (BootStalled). Under
     KVM a boot with nothing at all on its console raises BootStalled at once (KVM does not work
     there; the caller falls back to TCG)."""
     with locks.held(f"base-{base.state_key}", timeout=boot_timeout * 3, what=f"base image {base.prefix}",
-                    on_wait=lambda: console.info(f"waiting for another build of {base.prefix}")):
+                    on_wait=lambda: console.info(f"waiting for another build of {base.prefix}")), \
+            locks.held(image_lock(base.image), timeout=boot_timeout * 3, what=f"base image {base.image.dir.name}"):
         if saved_state_ready(base.state_volume):
             return
         for volume, source, fmt in ((base.kernel_volume, base.image.kernel, "raw"),

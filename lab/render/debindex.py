@@ -7,6 +7,13 @@ the release's `main` component), downloaded once and kept in the XDG cache
 each package's dependencies (Depends and Pre-Depends, every alternative), what virtual packages
 resolve to, the Priority: required set (mmdebstrap's minbase installs it), and from the Contents
 indexes the programs under bin/ and sbin/ with the packages that ship them.
+
+What a base image has is what `mmdebstrap --variant=minbase --include=...` installs: mmdebstrap(1),
+VARIANTS: "required, minbase: The essential set plus all packages with Priority:required and apt",
+each with its hard dependencies (not Recommends), so the Essential:yes packages, every Priority:
+required one (Essential or not: trixie's login, mawk, tzdata) and the included packages, with their
+Depends and Pre-Depends. Seen in a bookworm base image built here: every required package of the
+release is in it, tzdata too, which no package of the image depends on.
 """
 
 from __future__ import annotations
