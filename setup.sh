@@ -1,13 +1,23 @@
 #!/bin/bash
-# Set up a fresh Debian 12 / Ubuntu host (as root) for the lab and its tests:
-# the system tools (apt), the Python packages (pip) and the HTML report's player (npm). Safe to run again.
+# Set up a fresh Debian 12 / Ubuntu host (as root) for the lab: the system tools (apt), the Python
+# packages (pip) and the HTML report's player (npm). With --tests, also what only the test suite
+# uses: Chromium (the report page is tested in a real browser), an SSH server (a remote libvirt host
+# is tested through qemu+ssh on loopback) and the test tools (pytest, ruff, ...). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
+tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) tests=1 ;;
+    *) echo "setup: unknown option $arg (the one option is --tests: also what the test suite needs)" >&2; exit 2 ;;
+  esac
+done
 packages=(
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-  packer mmdebstrap fdisk e2fsprogs dnsmasq-base iptables openssh-client openssh-server
-  shellcheck sudo ca-certificates chromium
+  packer mmdebstrap fdisk e2fsprogs dnsmasq-base iptables openssh-client shellcheck sudo ca-certificates
 )
+# Chromium alone is ~290 MB unpacked: a lab does not need it, so the lab's setup does not wait for it
+[ "$tests" = 1 ] && packages+=(chromium openssh-server)
 command -v npm >/dev/null || packages+=(npm)  # Debian's, only where no Node.js/npm is installed yet
 missing=()
 for p in "${packages[@]}"; do
@@ -24,8 +34,11 @@ fi
 if [ -e /dev/kvm ] && [ ! -e /run/udev/control ] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
-# The versions the suite passed with (constraints.txt); the project itself editable, with its test tools.
-python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+# The versions the suite passed with (constraints.txt); the project itself editable (--tests: with its
+# test tools).
+extras=""
+[ "$tests" = 1 ] && extras="[test]"
+python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
 # report.html inlines the asciinema player, pinned in lab/data/player/package-lock.json (node_modules
 # is not committed; a wheel built after this carries the player's bundle).
 if [ ! lab/data/player/node_modules/.package-lock.json -nt lab/data/player/package-lock.json ]; then

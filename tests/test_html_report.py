@@ -369,7 +369,7 @@ def test_report_in_headless_chromium(record: dict, tmp_path: Path) -> None:
     as expected, the recording plays (its time advances), and a screenshot to look at."""
     executable = shutil.which("chromium")
     if not executable:
-        pytest.fail("chromium is not installed: ./setup.sh installs it (apt-get install chromium)")
+        pytest.fail("chromium is not installed: ./setup.sh --tests installs it (apt-get install chromium)")
     if html.player_assets() is None:
         pytest.fail(f"the asciinema player is not installed in {html.PLAYER_DIR}: run ./setup.sh "
                     f"(or npm ci in {html.PLAYER_PACKAGE})")

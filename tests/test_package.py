@@ -277,3 +277,17 @@ def test_up_verify_list_with_the_installed_command(installed: Installed, outside
         for name in (seed, mine):
             installed(outside, "destroy", "--name", name, timeout=600)
     assert leftovers(seed) == [] and leftovers(mine) == []
+
+
+def test_setup_takes_tests_and_refuses_an_unknown_option() -> None:
+    """setup.sh has one option, --tests (what only the suite needs: Chromium, sshd, pytest...); a
+    typo is refused with one line and exit 2 before anything is installed."""
+    import subprocess
+
+    result = subprocess.run([str(ROOT / "setup.sh"), "--test"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("setup: unknown option --test (the one option is --tests: also what the "
+                                     "test suite needs)")
+    text = (ROOT / "setup.sh").read_text()
+    assert '[ "$tests" = 1 ] && packages+=(chromium openssh-server)' in text
+    assert (ROOT / ".ci" / "run").read_text().count("./setup.sh --tests") == 1

@@ -42,7 +42,7 @@ def vagrant_validate(where: Path, *extra: str, provider: str = "libvirt") -> sub
 def need_tools() -> None:
     missing = [t for t in ("vagrant", "packer", "shellcheck") if not shutil.which(t)]
     if missing:
-        pytest.fail(f"integration tools missing: {missing}; run ./setup.sh")
+        pytest.fail(f"integration tools missing: {missing}; run ./setup.sh --tests")
 
 
 @pytest.mark.parametrize("target", TARGETS)
