@@ -426,29 +426,37 @@ def _up_from_layer(settings: Settings, lab: paths.LabDir, image: layer.Layer, cl
     write_files(lab.root, {ENDPOINT: json.dumps({"host": address, "port": 22}) + "\n"})
     _write_vagrant_id(lab, domain)
     clock.mark("guest agent: the lab's identity")
-    # The baseline's fingerprint (root, through the agent) while the admin logs in over SSH: the
-    # guest has two vCPUs, and the login mostly waits for logind and systemd. The admin's first
-    # command also starts the port shells (the layer gave the admin its ports), so the login's
-    # channel carries both and root's sudo runs while the admin's shell answers.
+    kernel, taken = _login_and_baseline(settings, lab, domain, clock)
+    state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
+    clock.save(lab.root / UP_PHASES)
+    console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel, {address}, started from the "
+                 f"saved state in {clock.as_dict()['total_s']:.1f}s; next: invoke lab.verify")
+
+
+def _login_and_baseline(settings: Settings, lab: paths.LabDir, domain: str, clock: PhaseClock) -> tuple[str, str]:
+    """The admin's first SSH login into the restored lab, which also starts the port shells (the
+    layer gave the admin its ports, so no sudo chown), their proof, then the baseline snapshot with
+    the login open. The baseline's fingerprint and mark go through the agent beside the login (the
+    guest has two vCPUs; the login mostly waits for logind and systemd). Returns (the guest's
+    kernel release, when the baseline was taken). Raises TestbedError when the login or the
+    fingerprint fails; port shells that do not answer leave a lab without them (said in yellow)."""
     admin = settings.scenario_data.model.users.admin
     with ThreadPoolExecutor(max_workers=1) as pool, \
             console.step("SSH as the admin with the lab's key (host key pinned), the port shells; the baseline's "
                          "fingerprint", "sshd in the guest", usual_s=5), \
             connect(settings, connect_timeout=settings.ssh_timeout) as remote:
-        context = contextvars.copy_context()
         token = secrets.token_hex(8)
-        fingerprinted = pool.submit(context.run, agent.run, domain,
+        fingerprinted = pool.submit(contextvars.copy_context().run, agent.run, domain,
                                     f"{FINGERPRINT_SCRIPT}; {baseline_mark_script(token)}", settings.command_timeout)
         shells = _open_ports(settings, lab, remote, domain)
-        # the shells first (root's sudo is the longest wait), then who logged in and the kernel (a builtin)
-        first = ((f"{start_command(admin, chown=False)} && " if shells is not None else "")
-                 + "id -un && read -r kernel < /proc/sys/kernel/osrelease && echo \"$kernel\"")
-        result = remote.run(first, step="first login")
-        if result.failed or len(result.stdout.split()) != 2:
-            raise TestbedError(f"logging in as the admin failed: {(result.stderr.strip() or result.stdout.strip())}")
-        kernel = result.stdout.split()[1]
-        clock.mark("lab: first SSH login as the admin (it starts the port shells)")
         try:
+            # the shells first (root's sudo is the longest wait), then who logged in and the kernel (a builtin)
+            first = ((f"{start_command(admin, chown=False)} && " if shells is not None else "")
+                     + "id -un && read -r kernel < /proc/sys/kernel/osrelease && echo \"$kernel\"")
+            result = remote.run(first, step="first login")
+            if result.failed or len(result.stdout.split()) != 2:
+                raise TestbedError(f"logging in as the admin failed: {result.stderr.strip() or result.stdout.strip()}")
+            clock.mark("lab: first SSH login as the admin (it starts the port shells)")
             if shells is not None and not _prove_port_shells(settings, lab, shells):
                 shells.close()
                 shells = None
@@ -462,10 +470,7 @@ def _up_from_layer(settings: Settings, lab: paths.LabDir, image: layer.Layer, cl
         finally:
             if shells is not None:
                 shells.close()
-    state.advance(lab, Phase.PROVISIONED, "up", baseline_at=taken)
-    clock.save(lab.root / UP_PHASES)
-    console.info(f"[green]✓[/] lab {settings.name} is up: {kernel} kernel, {address}, started from the "
-                 f"saved state in {clock.as_dict()['total_s']:.1f}s; next: invoke lab.verify")
+    return result.stdout.split()[1], taken
 
 
 def _write_vagrant_id(lab: paths.LabDir, domain: str) -> None:
